@@ -1,0 +1,118 @@
+"Two-phase training: what is frozen stays frozen, resume is exact, the same seed gives the same run."
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from derma_nb.config import CLASSES, seed_everything
+from derma_nb.data import make_synthetic_sample, prepare_dataset
+from derma_nb.model import build_model, load_model
+from derma_nb.train import FitConfig, Phase, class_weights, predict_probs, two_phase_fit
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    data = make_synthetic_sample(tmp / "data", lesions={c: 8 for c in CLASSES}, width=64, height=48, seed=3)
+    return prepare_dataset(data, tmp / "prep", image_size=32)
+
+
+def cfg(e1=2, e2=2, **kw):
+    return FitConfig(phase1=Phase(epochs=e1, lr=3e-3), phase2=Phase(epochs=e2, lr=1e-3, trains="layer4", augment=True),
+                     batch_size=16, progress=False, **kw)
+
+
+def fresh(seed=0):
+    seed_everything(seed)
+    return build_model("resnet18")
+
+
+def snapshot(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_phase1_changes_only_the_head_and_phase2_only_layer4_and_head(prep, tmp_path):
+    m = fresh()
+    s0 = snapshot(m)
+    two_phase_fit(m, prep, cfg(2, 0), tmp_path / "a", arch="resnet18")
+    s1 = snapshot(m)
+    changed = {k for k in s0 if not torch.equal(s0[k], s1[k])}
+    assert changed == {"fc.weight", "fc.bias"}, changed  # BatchNorm running stats of the backbone included
+    two_phase_fit(m, prep, cfg(0, 1), tmp_path / "b", arch="resnet18")
+    s2 = snapshot(m)
+    changed2 = {k for k in s1 if not torch.equal(s1[k], s2[k])}
+    assert any(k.startswith("layer4.") and k.endswith("weight") for k in changed2)
+    assert all(k.startswith(("layer4.", "fc.")) for k in changed2), changed2 - {k for k in changed2 if k.startswith(("layer4.", "fc."))}
+
+
+def test_phase1_from_features_equals_phase1_through_backbone(prep, tmp_path):
+    a, b = fresh(), fresh()
+    ra = two_phase_fit(a, prep, cfg(2, 0), tmp_path / "a", arch="resnet18")
+    rb = two_phase_fit(b, prep, cfg(2, 0, features_phase1=False), tmp_path / "b", arch="resnet18")
+    assert torch.allclose(a.fc.weight, b.fc.weight, atol=1e-4)
+    assert np.allclose(ra.history.val_macro_f1, rb.history.val_macro_f1)
+
+
+def test_same_seed_same_metrics(prep, tmp_path):
+    r1 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "a", arch="resnet18")
+    r2 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "b", arch="resnet18")
+    cols = ["train_loss", "val_loss", "val_acc", "val_weighted_f1", "val_macro_f1"]
+    pd.testing.assert_frame_equal(r1.history[cols], r2.history[cols])
+    r3 = two_phase_fit(fresh(), prep, cfg(seed=1), tmp_path / "c", arch="resnet18")
+    assert not r1.history.train_loss.equals(r3.history.train_loss)
+
+
+def test_resume_after_interrupt_gives_the_same_result(prep, tmp_path):
+    full = fresh()
+    r_full = two_phase_fit(full, prep, cfg(), tmp_path / "full", arch="resnet18")
+    part = fresh()
+    r_part = two_phase_fit(part, prep, cfg(), tmp_path / "cut", arch="resnet18", stop_after_epochs=3)
+    assert not r_part.completed and len(r_part.history) == 3
+    resumed = fresh()  # a new process would build the model again, then resume from last.pt
+    r_res = two_phase_fit(resumed, prep, cfg(), tmp_path / "cut", arch="resnet18")
+    assert r_res.completed and len(r_res.history) == len(r_full.history)
+    pd.testing.assert_frame_equal(r_full.history.drop(columns=["seconds", "images_per_s"]),
+                                  r_res.history.drop(columns=["seconds", "images_per_s"]))
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert r_full.best == r_res.best
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(prep, tmp_path):
+    two_phase_fit(fresh(), prep, cfg(), tmp_path / "m", arch="resnet18", stop_after_epochs=1)
+    r = two_phase_fit(fresh(), prep, cfg(label_smoothing=0.1), tmp_path / "m", arch="resnet18")
+    assert len(r.history) == 4 and r.history.step.tolist() == [1, 2, 3, 4]
+
+
+def test_best_checkpoint_is_the_best_val_epoch_and_loads(prep, tmp_path):
+    m = fresh()
+    r = two_phase_fit(m, prep, cfg(3, 2), tmp_path / "m", arch="resnet18")
+    h = r.history
+    assert r.best["value"] == pytest.approx(h.val_macro_f1.max())
+    best_row = h.loc[h.val_macro_f1.idxmax()]
+    assert (r.best["phase"], r.best["epoch"]) == (best_row.phase, best_row.epoch)
+    loaded, meta = load_model(r.best_path)
+    assert meta["image_size"] == 32 and meta["arch"] == "resnet18"
+    p = predict_probs(loaded, prep.images, prep.rows("val"))
+    from sklearn.metrics import f1_score
+    assert f1_score(prep.labels("val"), p.argmax(1), labels=range(7), average="macro",
+                    zero_division=0) == pytest.approx(r.best["value"])
+    assert (tmp_path / "m" / "history.csv").exists() and len(pd.read_csv(tmp_path / "m" / "history.csv")) == len(h)
+
+
+def test_early_stopping_stops_a_phase(prep, tmp_path):
+    c = FitConfig(phase1=Phase(epochs=20, lr=1e-9, patience=2, schedule="constant"), phase2=Phase(epochs=0),
+                  batch_size=16, progress=False)
+    r = two_phase_fit(fresh(), prep, c, tmp_path / "m", arch="resnet18")
+    assert len(r.history) == 3  # first epoch sets the best, two more without improvement
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(np.array([0, 0, 0, 1, 2, 2]), k=4)
+    assert torch.allclose(w, torch.tensor([6 / (4 * 3), 6 / 4, 6 / (4 * 2), 0.0]))
+
+
+def test_balanced_sampler_trains(prep, tmp_path):
+    r = two_phase_fit(fresh(), prep, cfg(1, 1, balanced_sampler=True, class_weights=False), tmp_path / "m",
+                      arch="resnet18")
+    assert r.completed and np.isfinite(r.history.train_loss).all()
