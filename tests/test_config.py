@@ -149,16 +149,12 @@ def test_overrides_without_file():
     assert p.data.lenient is True
 
 
-@pytest.mark.xfail(reason="BUG config.load_params: a YAML file holding a scalar plus overrides raises TypeError "
-                          "from set_dotted instead of ParamsError naming the file", strict=True)
 def test_scalar_yaml_with_overrides_raises_params_error(tmp_path):
     path = write(tmp_path, "42\n")
     with pytest.raises(ParamsError, match=re.escape(str(path))):
         load_params(path, {"seed": 1})
 
 
-@pytest.mark.xfail(reason="BUG config: NaN passes the min/max checks and SplitParams' sum check "
-                          "(comparisons with NaN are False), so `train: .nan` is accepted", strict=True)
 def test_nan_split_fraction_is_rejected(tmp_path):
     path = write(tmp_path, "prepare:\n  split: {train: .nan, val: 0.1, test: 0.1}\n")
     with pytest.raises(ParamsError, match=r"prepare\.split"):

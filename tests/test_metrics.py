@@ -234,6 +234,10 @@ def test_bootstrap_seeded_and_contains_estimate():
     assert set(a) == {"accuracy", "balanced_accuracy", "weighted_f1", "macro_f1", "mel_recall", "macro_auc"}
     with pytest.raises(ValueError, match="unknown bootstrap metric"):
         bootstrap_ci(y, p, groups, metrics=("accuracy", "nope"))
+    with pytest.raises(ValueError, match="missing values"):
+        bootstrap_ci(y, p, np.r_[groups[:-1], np.nan])
+    with pytest.raises(ValueError, match="entries"):
+        bootstrap_ci(y, p, groups[:-1])
 
 
 def test_bootstrap_resamples_lesions_not_images():
