@@ -97,7 +97,7 @@ def test_offline_session_holds_what_the_stage_reported(tmp_path):
     assert {"profile:sample", "data:synthetic", "debug", "run:r123", "extra-tag"} <= set(s["tags"])
     assert s["properties"]["commit"] == "abc123" and any("hello from the stage" in m for m in s["log"])
     # the working copy is gone; nothing written to HOME; no ClearML variables left for child processes
-    assert not any((tmp_path / "reports" / "clearml" / ".sessions" / "offline").iterdir())
+    assert not (tmp_path / "reports" / "clearml" / ".sessions").exists()
     assert not (Path(os.environ["HOME"]) / ".clearml").exists()
     assert not [k for k in os.environ if k.startswith(("CLEARML_PROC", "TRAINS_PROC", "CLEARML_CACHE"))]
 
@@ -245,7 +245,7 @@ def test_leak_scan_flags_planted_leaks(planted):
 
 def test_public_export_is_clean(planted):
     out = public_export(planted / "reports", planted / "public", root=planted)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("[!.]*") if p.is_file()) == [
         "index.html", "metrics/test.json", "plots/roc.csv"]
     assert scan_for_leaks(out, root=planted) == []
     html = (out / "index.html").read_text()
@@ -258,3 +258,44 @@ def test_public_export_raises_on_what_it_cannot_clean(planted):
     (planted / "plots" / "cam.png").write_bytes(b"\x89PNG")
     with pytest.raises(tracking.LeakError, match="image_file"):
         public_export(planted / "reports", planted / "public", files=("index.html", "plots/*.png"), root=planted)
+
+
+def test_public_export_replaces_its_own_output_but_never_a_foreign_folder(planted):
+    out = public_export(planted / "reports", planted / "public", root=planted)
+    (out / "stale.json").write_text("{}")
+    public_export(planted / "reports", out, root=planted)
+    assert not (out / "stale.json").exists()
+    (planted / "mine").mkdir()
+    (planted / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not written by public_export"):
+        public_export(planted / "reports", planted / "mine", root=planted)
+    assert (planted / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_without_clearml_the_stage_runs_untracked(tmp_path, monkeypatch, caplog):
+    def missing():
+        raise ImportError("No module named 'clearml'")
+
+    monkeypatch.setattr(tracking, "_import_clearml", missing)
+    with caplog.at_level(logging.WARNING, logger="derma_nb"):
+        with stage_task("prepare", {"a": 1}, mode="offline", out_dir="out") as lg:
+            lg.scalar("x", "y", 1.0, 0)
+    assert lg.mode == "off" and lg.task is None
+    assert [r.getMessage() for r in caplog.records if "untracked" in r.getMessage()]
+
+
+def test_tracking_leaves_the_random_state_alone(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    for mode in ("off", "offline"):
+        random.seed(5), np.random.seed(5), torch.manual_seed(5)
+        expected = draws()
+        random.seed(5), np.random.seed(5), torch.manual_seed(5)
+        with stage_task("train", {}, mode=mode, out_dir="out"):
+            assert draws() == expected, mode  # ClearML's Task.init reseeds with 1337 unless told not to

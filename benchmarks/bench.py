@@ -1,0 +1,352 @@
+"""derma-nb benchmarks: fast paths vs naive ones, measured side by side in one run, on whatever device is present.
+
+    python benchmarks/bench.py                  # all sections
+    python benchmarks/bench.py --only data      # one or more of: data phase1 phase2 inference memory pipeline
+
+Data: the real HAM10000 subset in ../shared/data/ham10000 when present (else the synthetic sample).
+Writes reports/benchmarks.json and reports/benchmarks.md (device, versions, command) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "ham10000"
+SECTIONS = ("data", "phase1", "phase2", "inference", "memory", "pipeline")
+
+
+def timed(fn, repeat=1):
+    "Run fn `repeat` times; return (median seconds, last result)."
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def dataset_dir(tmp: Path) -> tuple[Path, str]:
+    if REAL.exists():
+        return REAL, f"real HAM10000 subset ({REAL})"
+    from derma_nb.data import make_synthetic_sample
+
+    return make_synthetic_sample(tmp / "sample"), "SYNTHETIC sample"
+
+
+class NaiveJPEGDataset(torch.utils.data.Dataset):
+    "The loader the cache replaces: open, decode, resize and normalize one JPEG per item, every epoch."
+
+    def __init__(self, files, labels, size):
+        from torchvision import transforms as T
+
+        self.files, self.labels = files, labels
+        self.tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                             T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.tf(im.convert("RGB")), self.labels[i]
+
+
+def bench_data(ctx, size=64, batch=64):
+    from derma_nb.data import cache_loader, normalize_batch, prepare_dataset, scan_dataset
+
+    data, label = dataset_dir(ctx["tmp"])
+    t_prep, prep = timed(lambda: prepare_dataset(data, ctx["tmp"] / "prep", image_size=size, force=True))
+    files = scan_dataset(data).images
+    paths = [files[i].path for i in prep.table.image_id]
+    labels = prep.labels()
+    n = len(paths)
+    naive = torch.utils.data.DataLoader(NaiveJPEGDataset(paths, labels, size), batch_size=batch, shuffle=True,
+                                        num_workers=2)
+    t_naive, _ = timed(lambda: sum(len(x) for x, _ in naive))
+    cached = cache_loader(prep.images, np.arange(n), labels, batch_size=batch, shuffle=True)
+    t_cache, _ = timed(lambda: sum(len(normalize_batch(x)) for x, _ in cached), repeat=3)
+    ctx["prep"] = prep
+    return [
+        {"section": "data", "what": f"decode + cache {n} images ({label}) at {size} px", "value": round(t_prep, 2),
+         "unit": "s", "target": "<= 30 s"},
+        {"section": "data", "what": "naive PIL-per-item DataLoader epoch (2 workers)", "value": round(n / t_naive, 1),
+         "unit": "img/s"},
+        {"section": "data", "what": "decoded-cache loader epoch", "value": round(n / t_cache, 1), "unit": "img/s"},
+        {"section": "data", "what": "cache loader / naive loader", "value": round(t_naive / t_cache, 1), "unit": "x",
+         "target": ">= 10x"},
+    ]
+
+
+def _prep(ctx, size=64):
+    if "prep" not in ctx:
+        from derma_nb.data import prepare_dataset
+
+        data, _ = dataset_dir(ctx["tmp"])
+        ctx["prep"] = prepare_dataset(data, ctx["tmp"] / "prep", image_size=size)
+    return ctx["prep"]
+
+
+def bench_phase1(ctx, n=512, batch=32):
+    "Head training per image: from features computed once vs through the frozen backbone every step."
+    from derma_nb.data import normalize_batch
+    from derma_nb.model import build_model, set_phase, train_mode
+    from derma_nb.train import backbone_features
+
+    dev = ctx["device"]
+    prep = _prep(ctx)
+    rows = np.arange(min(n, len(prep.images)))
+    y = torch.as_tensor(prep.labels()[rows])
+    m = build_model("resnet50").to(dev)
+    set_phase(m, "head")
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    x_all = torch.from_numpy(np.ascontiguousarray(prep.images[rows])).permute(0, 3, 1, 2)
+
+    def through_backbone():
+        train_mode(m, "head")
+        for i in range(0, len(rows), batch):
+            loss = torch.nn.functional.cross_entropy(m(normalize_batch(x_all[i:i + batch], dev)), y[i:i + batch].to(dev))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sync(dev)
+
+    t_feat_once, feats = timed(lambda: backbone_features(m, prep.images, rows, 128, dev))
+
+    def from_features():
+        for i in range(0, len(rows), batch):
+            loss = torch.nn.functional.cross_entropy(m.fc(feats[i:i + batch]), y[i:i + batch].to(dev))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sync(dev)
+
+    t_bb, _ = timed(through_backbone)
+    t_ff, _ = timed(from_features, repeat=3)
+    return [
+        {"section": "phase1", "what": f"head epoch through frozen ResNet50 ({len(rows)} img, {prep.images.shape[1]} px)",
+         "value": round(len(rows) / t_bb, 1), "unit": "img/s"},
+        {"section": "phase1", "what": "head epoch from cached features", "value": round(len(rows) / t_ff, 1),
+         "unit": "img/s"},
+        {"section": "phase1", "what": "features once (one-off cost)", "value": round(t_feat_once, 2), "unit": "s"},
+        {"section": "phase1", "what": "from-features / through-backbone per epoch", "value": round(t_bb / t_ff, 1),
+         "unit": "x", "target": ">= 20x"},
+        {"section": "phase1", "what": "12 epochs incl. feature pass: features / backbone",
+         "value": round(12 * t_bb / (t_feat_once + 12 * t_ff), 1), "unit": "x"},
+    ]
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_phase2(ctx, size=None, batch=None, steps=None):
+    "layer4 fine-tuning throughput: channels_last and AMP (CUDA) on/off."
+    from derma_nb.data import BatchAugment, normalize_batch
+    from derma_nb.model import build_model, param_groups, train_mode
+
+    dev = ctx["device"]
+    cuda = dev.type == "cuda"
+    size = size or (224 if cuda else 128)
+    batch = batch or (256 if cuda else 16)
+    steps = steps or (30 if cuda else 4)
+    x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    y = torch.randint(0, 7, (batch,))
+    combos = [(False, None), (True, None)] + ([(True, torch.bfloat16), (False, torch.bfloat16)] if cuda else [])
+    out = []
+    aug = BatchAugment()
+    for cl, amp in combos:
+        m = build_model("resnet50").to(dev)
+        if cl:
+            m = m.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(param_groups(m, "layer4", 1e-5))
+        train_mode(m, "layer4")
+        xb, yb = x8.to(dev), y.to(dev)
+
+        def step():
+            x = normalize_batch(aug(xb.float() / 255), channels_last=cl)
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                loss = torch.nn.functional.cross_entropy(m(x).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(2):
+            step()
+        sync(dev)
+        t, _ = timed(lambda: [step() for _ in range(steps)] and sync(dev))
+        out.append({"section": "phase2", "what": f"layer4 fine-tune {size} px batch {batch}, channels_last={cl}, "
+                    f"amp={'bf16' if amp else 'off'}", "value": round(steps * batch / t, 1), "unit": "img/s"})
+        if cuda:
+            out[-1]["peak_gpu_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            torch.cuda.reset_peak_memory_stats()
+    if cuda:  # memory target: 224 px, batch 64 must fit in 8 GB
+        m = build_model("resnet50").to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(param_groups(m, "layer4", 1e-5))
+        torch.cuda.reset_peak_memory_stats()
+        x = torch.randn(64, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m(x).float().mean()
+        loss.backward()
+        opt.step()
+        sync(dev)
+        out.append({"section": "memory", "what": "peak GPU memory, 224 px batch 64 layer4 step (bf16)",
+                    "value": round(torch.cuda.max_memory_allocated() / 2**30, 2), "unit": "GiB", "target": "<= 8 GB"})
+    return out
+
+
+def bench_inference(ctx, size=224):
+    "Batch-1 latency (median, p95) and batch-32 throughput: PyTorch eager vs ONNX Runtime."
+    from derma_nb.export import _ort_session, export_onnx
+    from derma_nb.model import build_model
+
+    dev = ctx["device"]
+    m = build_model("resnet50").eval().to(dev)
+    path = export_onnx(m.cpu(), ctx["tmp"] / "m.onnx", size)
+    m.to(dev)
+    sess = _ort_session(path, "cuda" if dev.type == "cuda" else "cpu")
+    x1 = torch.randn(1, 3, size, size)
+    x32 = torch.randn(32, 3, size, size)
+    out = []
+
+    def lat(fn, n):
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(ts), float(np.percentile(ts, 95))
+
+    n1 = 200 if dev.type == "cuda" else 20
+    with torch.inference_mode():
+        xd1, xd32 = x1.to(dev), x32.to(dev)
+        med, p95 = lat(lambda: (m(xd1), sync(dev)), n1)
+        out.append({"section": "inference", "what": f"PyTorch eager batch 1 at {size} px latency (median / p95)",
+                    "value": round(med, 2), "p95": round(p95, 2), "unit": "ms"})
+        t32, _ = lat(lambda: (m(xd32), sync(dev)), 3 if dev.type != "cuda" else 20)
+        out.append({"section": "inference", "what": "PyTorch eager batch 32 throughput", "value": round(32000 / t32, 1),
+                    "unit": "img/s"})
+    med_o, p95_o = lat(lambda: sess.run(["logits"], {"image": x1.numpy()}), n1)
+    out.append({"section": "inference", "what": f"ONNX Runtime batch 1 at {size} px latency (median / p95)",
+                "value": round(med_o, 2), "p95": round(p95_o, 2), "unit": "ms", "target": "<= PyTorch eager"})
+    t32o, _ = lat(lambda: sess.run(["logits"], {"image": x32.numpy()}), 3 if dev.type != "cuda" else 20)
+    out.append({"section": "inference", "what": "ONNX Runtime batch 32 throughput", "value": round(32000 / t32o, 1),
+                "unit": "img/s"})
+    out.append({"section": "inference", "what": "ONNX Runtime / eager batch-1 latency", "value": round(med_o / med, 2),
+                "unit": "x", "target": "<= 1"})
+    return out
+
+
+def bench_memory(ctx, size=224):
+    "Peak RAM (max RSS) of the prepare stage at 224 px, in a fresh process."
+    data, label = dataset_dir(ctx["tmp"])
+    code = (f"import resource; from derma_nb.data import prepare_dataset; "
+            f"prepare_dataset({str(data)!r}, {str(ctx['tmp'] / 'prep224')!r}, image_size={size}, force=True); "
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    secs = time.perf_counter() - t0
+    peak = int(r.stdout.strip().splitlines()[-1]) / 2**20
+    arr = np.load(ctx["tmp"] / "prep224" / "images.npy", mmap_mode="r")
+    shutil.rmtree(ctx["tmp"] / "prep224", ignore_errors=True)
+    return [{"section": "memory", "what": f"prepare peak RAM, {len(arr)} images ({label}) at {size} px "
+             f"(cache {arr.nbytes / 2**30:.2f} GiB on disk, {secs:.1f} s)", "value": round(peak, 2), "unit": "GiB",
+             "target": "<= 4 GB (10,015 images)"}]
+
+
+def bench_pipeline(ctx):
+    "Wall time of the README's run command on the sample in a fresh copy, then a no-op `dvc repro`."
+    repo = ctx["tmp"] / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    env = {**os.environ, "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "b",
+           "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    for c in ("git init -q", "git add -A", "git commit -qm bench"):
+        subprocess.run(c, shell=True, cwd=repo, env=env, check=True, capture_output=True)
+    t0 = time.perf_counter()
+    subprocess.run("derma-nb run", shell=True, cwd=repo, env=env, check=True, capture_output=True)
+    t_run = time.perf_counter() - t0
+    noop = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run("dvc repro", shell=True, cwd=repo, env=env, check=True, capture_output=True)
+        noop.append(time.perf_counter() - t0)
+    return [{"section": "pipeline", "what": "main job (`derma-nb run`, sample, fresh copy)", "value": round(t_run, 1),
+             "unit": "s", "target": "<= 300 s"},
+            {"section": "pipeline", "what": "no-op `dvc repro` (median of 3)", "value": round(statistics.median(noop), 2),
+             "unit": "s", "target": "<= 5 s"}]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--out", default=str(ROOT / "reports"), help="folder for benchmarks.json / benchmarks.md")
+    args = ap.parse_args(argv)
+    from derma_nb.config import pick_device, seed_everything
+
+    seed_everything(0, deterministic=False)
+    dev = pick_device("auto")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ctx = {"device": dev, "tmp": Path(tempfile.mkdtemp(prefix="derma-bench-"))}
+    rows = []
+    fns = {"data": bench_data, "phase1": bench_phase1, "phase2": bench_phase2, "inference": bench_inference,
+           "memory": bench_memory, "pipeline": bench_pipeline}
+    for s in args.only:
+        if s == "pipeline" and dev.type != "cpu":
+            continue  # the CPU pipeline figures come from this project's 2-core machine
+        t0 = time.perf_counter()
+        new = fns[s](ctx)
+        rows += new
+        for r in new:
+            print(f"{r['section']:9} {r['what']:80} {r['value']:>10} {r['unit']}", flush=True)
+        print(f"  ({s}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    import onnxruntime
+    import torchvision
+
+    info = {"device": str(dev) + (f" ({torch.cuda.get_device_name()})" if dev.type == "cuda" else
+                                  f" ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "command": "python benchmarks/bench.py " + " ".join(f"--only {' '.join(args.only)}".split()),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "benchmarks" if dev.type == "cpu" else f"benchmarks-{dev.type}"
+    (out / f"{name}.json").write_text(json.dumps({"info": info, "results": rows}, indent=2) + "\n")
+    md = [f"# derma-nb benchmarks ({info['device']})", "",
+          "| | |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in info.items()] + [
+        "", "| section | measurement | value | unit | target |", "|---|---|---:|---|---|"]
+    md += [f"| {r['section']} | {r['what']} | {r['value']}{' / ' + str(r['p95']) if 'p95' in r else ''} | "
+           f"{r['unit']} | {r.get('target', '')} |" for r in rows]
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out / (name + '.md')}")
+    shutil.rmtree(ctx["tmp"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

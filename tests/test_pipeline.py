@@ -1,0 +1,199 @@
+"""End to end: the README's run command on the synthetic sample in a fresh copy of the repo, then DVC's view of it.
+
+One module-scoped run (a few minutes on 2 cores) feeds all assertions: every stage report exists with its key
+sections, `dvc metrics show` / `dvc plots show` work, a second `dvc repro` reruns nothing, and a one-param change
+reruns only the stages downstream of it.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("## Quick start", 1)[1]
+    block = re.search(r"```[a-z]*\n(.*?)```", text, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def sh(cmd, cwd, env, timeout=900):
+    r = subprocess.run(cmd, cwd=cwd, env=env, shell=True, capture_output=True, text=True, timeout=timeout)
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    if shutil.which("dvc") is None or shutil.which("papermill") is None:
+        pytest.skip("dvc/papermill not installed")
+    repo = tmp_path_factory.mktemp("e2e") / "derma-nb"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    env = {**os.environ, "PYTHONPATH": str(repo), "DERMA_NB_TRACKING": "offline", "MPLBACKEND": "Agg",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("DERMA_NB_RUN_ID", None)
+    for c in ("git init -q", "git add -A", "git commit -qm copy"):
+        assert sh(c, repo, env)[0] == 0
+    assert not (repo / "data").exists()
+    run_cmd = readme_commands()[1]
+    rc, out = sh(run_cmd, repo, env, timeout=1500)
+    assert rc == 0, out[-6000:]
+    return repo, env, out
+
+
+def test_readme_quick_start_has_install_run_test():
+    cmds = readme_commands()
+    assert len(cmds) == 3 and "install" in cmds[0] and cmds[1].startswith("derma-nb run") and "pytest" in cmds[2]
+
+
+def test_run_created_the_synthetic_sample_and_every_stage_ran(run):
+    repo, _, out = run
+    assert (repo / "data" / "SYNTHETIC.md").exists()
+    for stage in ("prepare", "eda", "baseline", "train", "evaluate", "explain", "export", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+
+
+KEY_SECTIONS = {
+    "eda": ["Class distribution", "Imbalance ratio", "Missing values", "Images per lesion", "lesion-disjoint",
+            "Lesion overlap between splits"],
+    "baseline": ["Fit time", "Per-class recall", "Metrics"],
+    "train": ["Curves", "Best epoch", "images/s", "Device"],
+    "evaluate": ["Headline metrics with 95% CIs", "Per class", "Confusion matrices", "ROC curves", "calibration",
+                 "Baseline vs model", "Promotion decision", "Decision:"],
+    "explain": ["Grad-CAM", "Gallery (melanoma first)"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(KEY_SECTIONS))
+def test_stage_html_has_its_key_sections_and_hides_code(run, stage):
+    from bs4 import BeautifulSoup
+
+    repo = run[0]
+    soup = BeautifulSoup((repo / "reports" / f"{stage}.html").read_text(encoding="utf-8"), "html.parser")
+    text = soup.get_text(" ")
+    for s in KEY_SECTIONS[stage]:
+        assert s in text, f"{stage}.html lacks '{s}'"
+    assert f'Stage("{stage}"' not in text, "code should be hidden in the reviewers' HTML"
+    assert soup.find_all("img"), f"{stage}.html has no figures"
+    nb = json.loads((repo / "reports" / f"{stage}.ipynb").read_text())
+    assert any("derma_nb" in "".join(c["source"]) for c in nb["cells"]), "the executed notebook keeps the code"
+    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_index_links_every_stage_and_shows_decision(run):
+    from bs4 import BeautifulSoup
+
+    repo = run[0]
+    soup = BeautifulSoup((repo / "reports/index.html").read_text(encoding="utf-8"), "html.parser")
+    for sid in ("promotion", "headline", "training", "stages", "identity"):
+        assert soup.find(id=sid), sid
+    hrefs = {a["href"] for a in soup.find_all("a")}
+    assert {"eda.html", "baseline.html", "train.html", "evaluate.html", "explain.html"} <= hrefs
+    promo = json.loads((repo / "reports/promotion.json").read_text())
+    assert promo["decision"].upper() in soup.find(id="promotion").get_text()
+    test = json.loads((repo / "metrics/test.json").read_text())
+    assert f"{test['accuracy']:.4f}" in soup.find(id="headline").get_text()
+    assert "SYNTHETIC" in soup.get_text()
+
+
+def test_dvc_metrics_and_plots(run):
+    repo, env, _ = run
+    rc, out = sh("dvc metrics show", repo, env)
+    assert rc == 0 and "metrics/baseline.json" in out and "metrics/test.json" in out, out
+    rc, out = sh("dvc plots show -o plots_html", repo, env)
+    assert rc == 0, out
+    html = (repo / "plots_html" / "index.html").read_text()
+    for p in ("history.csv", "confusion.csv", "roc.csv"):
+        assert p in html, p
+
+
+def test_second_repro_is_a_noop(run):
+    repo, env, _ = run
+    rc, out = sh("dvc repro", repo, env)
+    assert rc == 0 and "Running stage" not in out, out
+
+
+def test_one_param_change_reruns_only_downstream(run):
+    repo, env, _ = run
+    p = repo / "params.yaml"
+    p.write_text(p.read_text().replace("n_estimators: 300", "n_estimators: 50"))
+    rc, out = sh("dvc repro", repo, env)
+    assert rc == 0, out[-4000:]
+    ran = set(re.findall(r"Running stage '(\w+)'", out))
+    assert ran == {"baseline", "evaluate", "report"}, ran
+
+
+STAGES = ("prepare", "eda", "baseline", "train", "evaluate", "explain", "export")
+
+
+def test_one_offline_clearml_session_per_stage(run):
+    from derma_nb.tracking import read_offline_session
+
+    repo = run[0]
+    sessions = {s: read_offline_session(repo / "reports" / "clearml" / f"{s}.zip") for s in STAGES}
+    run_ids = set()
+    for stage, s in sessions.items():
+        assert s["name"] == stage and s["project"] == "derma-nb"
+        assert "profile:sample" in s["tags"] and "data:synthetic" in s["tags"]
+        run_ids |= {t for t in s["tags"] if t.startswith("run:")}
+        assert s["status"] != "failed"
+    assert len(run_ids) == 1, f"all stages of one run share its id: {run_ids}"
+    assert sessions["prepare"]["properties"]["dataset_sha256"]
+    assert {"manifest", "splits"} <= set(sessions["prepare"]["artifacts"])
+    assert sessions["train"]["params"]["train"]["phase2"]["trains"] == "layer4"
+    assert "model" not in sessions["eda"]["params"], "a stage connects only the params it reads"
+    val = sessions["train"]["scalars"]
+    assert any("macro_f1" in series for graph in val.values() for series in graph), val.keys()
+    assert sessions["train"]["models"] and sessions["export"]["models"]
+    assert sessions["baseline"]["plots"] or sessions["baseline"]["images"]
+    ev = sessions["evaluate"]
+    decision = json.loads((repo / "reports/promotion.json").read_text())["decision"]
+    assert decision in ev["tags"] and "promotion.json" in ev["artifacts"]
+    assert any(decision in m["tags"] for m in ev["models"])
+    assert sessions["explain"]["plots"] or sessions["explain"]["images"]
+
+
+def test_public_export_is_clean_and_stage_reports_are_not(run):
+    from derma_nb.tracking import public_export, scan_for_leaks
+
+    repo = run[0]
+    out = public_export(repo / "reports", repo / "public", root=repo)
+    assert (out / "index.html").exists() and scan_for_leaks(out) == []
+    kinds = {f["kind"] for f in scan_for_leaks(repo / "reports")}
+    assert "embedded_image" in kinds, "the full stage reports embed images: they are not for public sharing"
+
+
+def test_failing_stage_is_named_keeps_its_notebook_and_reruns_alone(run):
+    from derma_nb.tracking import read_offline_session
+
+    repo, env, _ = run
+    nb_path = repo / "nbs/stages/explain.ipynb"
+    original = nb_path.read_text()
+    nb = json.loads(original)
+    nb["cells"].insert(len(nb["cells"]) - 1, {"cell_type": "code", "metadata": {}, "execution_count": None,
+                                              "outputs": [], "source": ["raise RuntimeError('planted failure')"]})
+    nb_path.write_text(json.dumps(nb))
+    rc, out = sh("dvc repro", repo, env)
+    assert rc != 0 and "failed to reproduce 'explain'" in out, out[-3000:]
+    assert set(re.findall(r"Running stage '(\w+)'", out)) == {"explain"}, "nothing upstream recomputed"
+    executed = json.loads((repo / "reports/explain.ipynb").read_text())
+    text = json.dumps(executed)
+    assert "planted failure" in text and "papermill-error-cell" in text, "error cell highlighted by papermill"
+    s = read_offline_session(repo / "reports/clearml/explain.zip")
+    assert s["status"] == "failed" and "planted failure" in (s["error"] or "")
+    nb_path.write_text(original)
+    rc, out = sh("dvc repro", repo, env)
+    assert rc == 0, out[-3000:]
+    assert set(re.findall(r"Running stage '(\w+)'", out)) <= {"explain", "report"}
