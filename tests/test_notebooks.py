@@ -12,7 +12,8 @@ NOTEBOOKS = sorted(p.name for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
 
 @pytest.mark.parametrize("nb", NOTEBOOKS)
 def test_notebook_runs(nb):
-    exe = shutil.which("nbdev_test") or pytest.skip("nbdev not installed")
+    local = Path(sys.executable).parent / "nbdev_test"  # the environment running pytest, even if not on PATH
+    exe = str(local) if local.exists() else shutil.which("nbdev_test") or pytest.skip("nbdev not installed")
     r = subprocess.run([exe, "--path", f"nbs/{nb}", "--do_print"], cwd=ROOT, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, f"{nb} failed under nbdev_test:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_repo, tool_path
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -31,21 +32,10 @@ def sh(cmd, cwd, env, timeout=900):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    if shutil.which("dvc") is None or shutil.which("papermill") is None:
+    if shutil.which("dvc", path=tool_path()) is None or shutil.which("papermill", path=tool_path()) is None:
         pytest.skip("dvc/papermill not installed")
     repo = tmp_path_factory.mktemp("e2e") / "derma-nb"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
-    env = {**os.environ, "PYTHONPATH": str(repo), "DERMA_NB_TRACKING": "offline", "MPLBACKEND": "Agg",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("DERMA_NB_RUN_ID", None)
-    for c in ("git init -q", "git add -A", "git commit -qm copy"):
-        assert sh(c, repo, env)[0] == 0
+    env = copy_repo(repo)
     assert not (repo / "data").exists()
     run_cmd = readme_commands()[1]
     rc, out = sh(run_cmd, repo, env, timeout=1500)
