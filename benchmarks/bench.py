@@ -42,7 +42,7 @@ def timed(fn, repeat=1):
 
 def dataset_dir(tmp: Path) -> tuple[Path, str]:
     if REAL.exists():
-        return REAL, f"real HAM10000 subset ({REAL})"
+        return REAL, "real HAM10000 subset (../shared/data/ham10000)"
     from derma_nb.data import make_synthetic_sample
 
     return make_synthetic_sample(tmp / "sample"), "SYNTHETIC sample"
