@@ -109,22 +109,6 @@ def test_dvc_metrics_and_plots(run):
         assert p in html, p
 
 
-def test_second_repro_is_a_noop(run):
-    repo, env, _ = run
-    rc, out = sh("dvc repro", repo, env)
-    assert rc == 0 and "Running stage" not in out, out
-
-
-def test_one_param_change_reruns_only_downstream(run):
-    repo, env, _ = run
-    p = repo / "params.yaml"
-    p.write_text(p.read_text().replace("n_estimators: 300", "n_estimators: 50"))
-    rc, out = sh("dvc repro", repo, env)
-    assert rc == 0, out[-4000:]
-    ran = set(re.findall(r"Running stage '(\w+)'", out))
-    assert ran == {"baseline", "evaluate", "report"}, ran
-
-
 STAGES = ("prepare", "eda", "baseline", "train", "evaluate", "explain", "export")
 
 
@@ -139,14 +123,18 @@ def test_one_offline_clearml_session_per_stage(run):
         assert "profile:sample" in s["tags"] and "data:synthetic" in s["tags"]
         run_ids |= {t for t in s["tags"] if t.startswith("run:")}
         assert s["status"] != "failed"
+    # run id = hash(params.yaml, dataset): before any param change, every stage carries the same one
     assert len(run_ids) == 1, f"all stages of one run share its id: {run_ids}"
     assert sessions["prepare"]["properties"]["dataset_sha256"]
     assert {"manifest", "splits"} <= set(sessions["prepare"]["artifacts"])
-    assert sessions["train"]["params"]["train"]["phase2"]["trains"] == "layer4"
-    assert "model" not in sessions["eda"]["params"], "a stage connects only the params it reads"
+    assert sessions["train"]["params"]["train/phase2/trains"] == "layer4"  # ClearML flattens nested params
+    assert sessions["train"]["params"]["model/arch"] == "resnet50"
+    assert not any(k.startswith("model/") for k in sessions["eda"]["params"]), "only the params a stage reads"
     val = sessions["train"]["scalars"]
     assert any("macro_f1" in series for graph in val.values() for series in graph), val.keys()
     assert sessions["train"]["models"] and sessions["export"]["models"]
+    shas = {sessions[s]["properties"]["model_sha256"] for s in ("train", "evaluate", "explain", "export")}
+    assert len(shas) == 1, "train, evaluate, explain and export name the same model file"
     assert sessions["baseline"]["plots"] or sessions["baseline"]["images"]
     ev = sessions["evaluate"]
     decision = json.loads((repo / "reports/promotion.json").read_text())["decision"]
@@ -163,6 +151,22 @@ def test_public_export_is_clean_and_stage_reports_are_not(run):
     assert (out / "index.html").exists() and scan_for_leaks(out) == []
     kinds = {f["kind"] for f in scan_for_leaks(repo / "reports")}
     assert "embedded_image" in kinds, "the full stage reports embed images: they are not for public sharing"
+
+
+def test_second_repro_is_a_noop(run):
+    repo, env, _ = run
+    rc, out = sh("dvc repro", repo, env)
+    assert rc == 0 and "Running stage" not in out, out
+
+
+def test_one_param_change_reruns_only_downstream(run):
+    repo, env, _ = run
+    p = repo / "params.yaml"
+    p.write_text(p.read_text().replace("n_estimators: 300", "n_estimators: 50"))
+    rc, out = sh("dvc repro", repo, env)
+    assert rc == 0, out[-4000:]
+    ran = set(re.findall(r"Running stage '(\w+)'", out))
+    assert ran == {"baseline", "evaluate", "report"}, ran
 
 
 def test_failing_stage_is_named_keeps_its_notebook_and_reruns_alone(run):
