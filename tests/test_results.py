@@ -73,6 +73,15 @@ def test_experiments_table_from_dvc_experiments(repo, monkeypatch):
     assert [e["name"] for e in json.loads(out.with_suffix(".json").read_text())] == ["base", "big", "fast"]
 
 
+def test_experiments_of_an_earlier_commit(repo):
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    (repo / "notes.md").write_text("a later commit\n")
+    sh("git", "add", "notes.md", cwd=repo)
+    sh("git", "commit", "-qm", "later", cwd=repo)
+    assert collect_experiments(repo) == []  # experiments hang off the commit they started from
+    assert [e["name"] for e in collect_experiments(repo, rev=base)] == ["base", "big", "fast"]
+
+
 def test_experiments_table_needs_experiments():
     with pytest.raises(ValueError, match="no experiments"):
         experiments_table([])
