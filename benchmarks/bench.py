@@ -1,7 +1,7 @@
 """derma-nb benchmarks: fast paths vs naive ones, measured side by side in one run, on whatever device is present.
 
     python benchmarks/bench.py                  # all sections
-    python benchmarks/bench.py --only data      # one or more of: data phase1 phase2 inference memory pipeline
+    python benchmarks/bench.py --only data      # one or more of: data phase1 phase2 compile inference memory pipeline
 
 Data: the real HAM10000 subset in ../shared/data/ham10000 when present (else the synthetic sample).
 Writes reports/benchmarks.json and reports/benchmarks.md (device, versions, command) and prints the table.
@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "ham10000"
-SECTIONS = ("data", "phase1", "phase2", "inference", "memory", "pipeline")
+SECTIONS = ("data", "phase1", "phase2", "compile", "inference", "memory", "pipeline")
 
 
 def timed(fn, repeat=1):
@@ -212,6 +212,64 @@ def bench_phase2(ctx, size=None, batch=None, steps=None):
     return out
 
 
+def bench_compile(ctx, steps=None):
+    """torch.compile vs eager on the training step this device would run: steady img/s, compile seconds, break-even.
+
+    CPU: the `real` profile's step (ResNet18 from scratch, all layers, 64 px, batch 64, channels_last).
+    CUDA: the full recipe's phase-2 step (ResNet50 layer4, 224 px, batch 256, bf16, channels_last).
+    Compile time = the first two compiled steps minus two steady compiled steps."""
+    from derma_nb.data import BatchAugment, normalize_batch
+    from derma_nb.model import build_model, param_groups, train_mode
+
+    dev = ctx["device"]
+    cuda = dev.type == "cuda"
+    arch, trains, size, batch, amp = (("resnet50", "layer4", 224, 256, torch.bfloat16) if cuda else
+                                      ("resnet18", "all", 64, 64, None))
+    steps = steps or (30 if cuda else 20)
+    x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).to(dev)
+    yb = torch.randint(0, 7, (batch,)).to(dev)
+    aug = BatchAugment()
+    res = {}
+    for mode in ("eager", "compiled"):
+        torch.manual_seed(0)
+        m = build_model(arch).to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(param_groups(m, trains, 1e-3))
+        train_mode(m, trains)
+        fwd = m
+        if mode == "compiled":
+            torch._dynamo.reset()
+            fwd = torch.compile(m)
+
+        def step():
+            x = normalize_batch(aug(x8.float() / 255), channels_last=True)
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                loss = torch.nn.functional.cross_entropy(fwd(x).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        try:
+            t_first, _ = timed(lambda: [step() for _ in range(2)] and sync(dev))
+            t, _ = timed(lambda: [step() for _ in range(steps)] and sync(dev))
+        except Exception as e:  # e.g. no C++ compiler for inductor: say so, keep the other sections
+            return [{"section": "compile", "what": f"torch.compile failed: {type(e).__name__}: {str(e)[:80]}",
+                     "value": "n/a", "unit": ""}]
+        res[mode] = (t_first, t / steps)
+    what = f"{arch} {trains} {size} px batch {batch}{', bf16' if amp else ''}"
+    (_, e_step), (c_first, c_step) = res["eager"], res["compiled"]
+    compile_s = max(c_first - 2 * c_step, 0.0)
+    saved = e_step - c_step
+    rows = [{"section": "compile", "what": f"{what}: eager", "value": round(batch / e_step, 1), "unit": "img/s"},
+            {"section": "compile", "what": f"{what}: torch.compile (steady)", "value": round(batch / c_step, 1),
+             "unit": "img/s"},
+            {"section": "compile", "what": "torch.compile: one-off compile time", "value": round(compile_s, 1),
+             "unit": "s"},
+            {"section": "compile", "what": "torch.compile pays off after (compile time / time saved per step)",
+             "value": round(compile_s / saved) if saved > 0.02 * e_step else "never (steady gain < 2%)",
+             "unit": "steps"}]
+    return rows
+
+
 def bench_inference(ctx, size=224):
     "Batch-1 latency (median, p95) and batch-32 throughput: PyTorch eager vs ONNX Runtime."
     from derma_nb.export import _ort_session, export_onnx
@@ -314,7 +372,8 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
     ctx = {"device": dev, "tmp": Path(tempfile.mkdtemp(prefix="derma-bench-"))}
     rows = []
-    fns = {"data": bench_data, "phase1": bench_phase1, "phase2": bench_phase2, "inference": bench_inference,
+    fns = {"data": bench_data, "phase1": bench_phase1, "phase2": bench_phase2, "compile": bench_compile,
+           "inference": bench_inference,
            "memory": bench_memory, "pipeline": bench_pipeline}
     for s in args.only:
         if s == "pipeline" and dev.type != "cpu":

@@ -237,7 +237,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--experiments", action="store_true",
                     help="instead: the table of this commit's DVC experiments (results/experiments.{md,json})")
     sp.add_argument("--base", help="with --experiments: the experiment the others are compared with")
-    sp.add_argument("--rev", help="with --experiments: the commit the experiments started from (default HEAD)")
+    sp.add_argument("--rev", action="append", help="with --experiments: the commit the experiments started from "
+                    "(default HEAD); repeat it for experiments of several commits")
     sp = add("predict", cmd_predict, "class probabilities per image (same preprocessing as training)")
     sp.add_argument("images", nargs="+", help="image files or folders")
     sp.add_argument("--model", default="artifacts/model/best.pt", help=".pt checkpoint or .onnx model")
