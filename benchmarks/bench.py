@@ -157,9 +157,23 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
+def train_step(fwd, opt, aug, x8, yb, dev, amp=None, channels_last=True):
+    "One training step on a fixed uint8 batch: on-device augment + normalize, forward (autocast), backward, step."
+    from derma_nb.data import normalize_batch
+
+    def step():
+        x = normalize_batch(aug(x8.float() / 255), channels_last=channels_last)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(fwd(x).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def bench_phase2(ctx, size=None, batch=None, steps=None):
     "layer4 fine-tuning throughput: channels_last and AMP (CUDA) on/off."
-    from derma_nb.data import BatchAugment, normalize_batch
+    from derma_nb.data import BatchAugment
     from derma_nb.model import build_model, param_groups, train_mode
 
     dev = ctx["device"]
@@ -178,15 +192,7 @@ def bench_phase2(ctx, size=None, batch=None, steps=None):
             m = m.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(param_groups(m, "layer4", 1e-5))
         train_mode(m, "layer4")
-        xb, yb = x8.to(dev), y.to(dev)
-
-        def step():
-            x = normalize_batch(aug(xb.float() / 255), channels_last=cl)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                loss = torch.nn.functional.cross_entropy(m(x).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        step = train_step(m, opt, aug, x8.to(dev), y.to(dev), dev, amp, cl)
 
         for _ in range(2):
             step()
@@ -218,7 +224,7 @@ def bench_compile(ctx, steps=None):
     CPU: the `real` profile's step (ResNet18 from scratch, all layers, 64 px, batch 64, channels_last).
     CUDA: the full recipe's phase-2 step (ResNet50 layer4, 224 px, batch 256, bf16, channels_last).
     Compile time = the first two compiled steps minus two steady compiled steps."""
-    from derma_nb.data import BatchAugment, normalize_batch
+    from derma_nb.data import BatchAugment
     from derma_nb.model import build_model, param_groups, train_mode
 
     dev = ctx["device"]
@@ -235,18 +241,9 @@ def bench_compile(ctx, steps=None):
         m = build_model(arch).to(dev).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(param_groups(m, trains, 1e-3))
         train_mode(m, trains)
-        fwd = m
         if mode == "compiled":
             torch._dynamo.reset()
-            fwd = torch.compile(m)
-
-        def step():
-            x = normalize_batch(aug(x8.float() / 255), channels_last=True)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                loss = torch.nn.functional.cross_entropy(fwd(x).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        step = train_step(torch.compile(m) if mode == "compiled" else m, opt, aug, x8, yb, dev, amp)
 
         try:
             t_first, _ = timed(lambda: [step() for _ in range(2)] and sync(dev))
