@@ -373,7 +373,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str] | None = None) -> list[dict]:
-    "The DVC experiments of commit(s) `rev` (default HEAD): name, rev, flattened params, train and test metrics."
+    "The DVC experiments of commit(s) `rev` (default HEAD), oldest first: name, rev, params, train and test metrics."
     import dvc.api
     import yaml
 
@@ -394,9 +394,11 @@ def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str]
             log.warning("experiment %s (%s): no metrics/test.json, metrics/train.json or params.yaml; left out",
                         name, rev)
             continue
-        out.append({"name": name, "rev": rev, "created": r.get("Created"), "params": _flat(yaml.safe_load(params)),
+        when = subprocess.run(["git", "log", "-1", "--format=%ct", rev], cwd=repo, capture_output=True,
+                              text=True).stdout.strip()
+        out.append({"name": name, "rev": rev, "created": int(when or 0), "params": _flat(yaml.safe_load(params)),
                     "train": json.loads(train), "test": json.loads(test)})
-    return sorted(out, key=lambda e: e["name"])
+    return sorted(out, key=lambda e: (e["created"], e["name"]))  # in the order they ran
 
 
 def experiments_table(exps: list[dict], base: str | None = None) -> str:

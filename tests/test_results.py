@@ -81,13 +81,13 @@ def test_experiments_of_an_earlier_commit(repo):
     assert collect_experiments(repo) == []  # experiments hang off the commit they started from
     assert [e["name"] for e in collect_experiments(repo, rev=base)] == ["base", "big", "fast"]
 
-    # a later experiment, off the new commit: one table of both commits' experiments
-    sh(sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "later", "-S", "train.lr=0.008", cwd=repo)
+    # a later experiment, off the new commit: one table of both commits' experiments, in the order they ran
+    sh(sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "a-later", "-S", "train.lr=0.008", cwd=repo)
     sh("git", "checkout", "-q", "--", "params.yaml", cwd=repo)
-    assert [e["name"] for e in collect_experiments(repo)] == ["later"]
+    assert [e["name"] for e in collect_experiments(repo)] == ["a-later"]
     both = collect_experiments(repo, rev=[base, "HEAD"])
-    assert [e["name"] for e in both] == ["base", "big", "fast", "later"]
-    assert next(e for e in both if e["name"] == "later")["params"]["train.lr"] == 0.008
+    assert [e["name"] for e in both] == ["base", "big", "fast", "a-later"]
+    assert both[-1]["params"]["train.lr"] == 0.008
     out = write_experiments(repo, base="base", readme=repo / "README.md", out_dir=repo / "results", rev=[base, "HEAD"])
     assert f"--rev {base} --rev HEAD --base base" in out.read_text().splitlines()[0]
     assert "train.lr=0.008" in (repo / "README.md").read_text()
