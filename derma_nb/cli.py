@@ -176,6 +176,28 @@ def _profile_sets(name: str) -> dict:
     return yaml.safe_load(prof.read_text(encoding="utf-8")) or {}
 
 
+def _warn_leftover_params(params_path: str, sets: dict) -> dict:
+    """Keys where the workspace `params_path` differs from the committed one and that `sets` does not override.
+
+    `dvc exp run` starts from the workspace params, and every experiment leaves its params there: without this
+    warning, a second `derma-nb run --profile ... -S` silently inherits the first one's -S values."""
+    from derma_nb.pipeline import _flat
+
+    got = subprocess.run(["git", "show", f"HEAD:./{params_path}"], capture_output=True, text=True)
+    if got.returncode != 0:  # not a git checkout, or params not committed: nothing to compare with
+        return {}
+    head = _flat(yaml.safe_load(got.stdout) or {})
+    now = _flat(yaml.safe_load(Path(params_path).read_text()) or {})
+    left = {k: (head.get(k), now.get(k)) for k in sorted(set(head) | set(now))
+            if head.get(k) != now.get(k) and k not in sets}
+    if left:
+        log.warning("%s differs from the committed one in %d key(s) that --profile/-S do not set, and the experiment "
+                    "runs with them: %s. A previous `dvc exp run` leaves its params in the workspace; `git checkout "
+                    "%s` first to start from the committed params.", params_path, len(left),
+                    ", ".join(f"{k}={b} (committed: {a})" for k, (a, b) in left.items()), params_path)
+    return left
+
+
 def cmd_run(args) -> int:
     "The main job: ensure data (synthetic sample if none), then `dvc repro`."
     from derma_nb.data import make_synthetic_sample
@@ -193,6 +215,7 @@ def cmd_run(args) -> int:
     sets = _profile_sets(args.profile) if args.profile else {}
     sets.update(_overrides(args.set))
     if sets:  # a DVC experiment with the profile's (and -S) overrides: recorded in `dvc exp show`
+        _warn_leftover_params(args.params, sets)
         cmd = [sys.executable, "-m", "dvc", "exp", "run", *[a for k, v in sets.items()
                                                            for a in ("-S", f"{k}={json.dumps(v)}")], *extra]
     log.info("running: %s", " ".join(cmd[2:]))

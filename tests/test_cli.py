@@ -1,8 +1,12 @@
 """Tests for derma_nb.cli: the command line the main job hands to DVC."""
 from __future__ import annotations
 
+import logging
 import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import derma_nb.cli as cli
 
@@ -10,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tmp_path, monkeypatch, argv):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    (tmp_path / "mydata").mkdir()
+    if not (tmp_path / "params.yaml").exists():
+        shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles", dirs_exist_ok=True)
+    (tmp_path / "mydata").mkdir(exist_ok=True)
     (tmp_path / "mydata" / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n")
     calls = []
     monkeypatch.chdir(tmp_path)
@@ -35,3 +40,27 @@ def test_run_profile_is_named_experiment(tmp_path, monkeypatch):
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
     assert "model.arch=\"resnet18\"" in sets and "train.phase2.epochs=3" in sets and "data.dir=\"mydata\"" in sets
     assert "--" not in cmd and cmd[-2:] == ["-n", "short"]  # the separator is not passed to DVC
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is needed")
+def test_run_profile_names_params_left_over_from_an_earlier_experiment(tmp_path, monkeypatch, caplog):
+    "`dvc exp run` leaves its params in the workspace; the next `run --profile` says which ones it would inherit."
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for cmd in (["init", "-q"], ["add", "params.yaml"],
+                ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "params"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True, capture_output=True)
+    caplog.set_level(logging.WARNING, logger="derma_nb")
+    argv = ["run", "--profile", "real", "-S", "data.dir=mydata"]
+    _run(tmp_path, monkeypatch, argv)
+    assert "differs from the committed one" not in caplog.text  # clean workspace: nothing to say
+
+    text = (tmp_path / "params.yaml").read_text()
+    assert "schedule: cosine" in text and "arch: resnet50" in text
+    # what a previous experiment leaves behind: one key the profile does not set, one it does
+    (tmp_path / "params.yaml").write_text(text.replace("schedule: cosine", "schedule: constant", 1)
+                                          .replace("arch: resnet50", "arch: resnet34", 1))
+    caplog.clear()
+    cmd = _run(tmp_path, monkeypatch, argv)
+    assert "1 key(s)" in caplog.text and "train.phase1.schedule=constant (committed: cosine)" in caplog.text
+    assert "model.arch" not in caplog.text  # the profile sets it: not inherited
+    assert cmd[:3] == ["dvc", "exp", "run"]  # a warning, not a refusal: editing params.yaml first is allowed
