@@ -306,8 +306,9 @@ def _message(err: dict, raw: dict) -> str:
         return f"{key} is not a known parameter; allowed keys under {parent}: {_fields_at(Params, loc[:-1])}"
     if kind == "literal_error":
         return f"{key} must be one of [{ctx['expected'].replace(' or ', ', ')}], got {value!r}"
-    if kind == "value_error":
-        return f"{key} {ctx['error']}" if key != "params" else str(ctx["error"])
+    if kind == "value_error":  # a class's own check: "url must be ..." names one of its fields
+        text = str(ctx["error"])
+        return f"{key}{'.' if text.split(' ', 1)[0] in _fields_at(Params, loc) else ' '}{text}"
     want = _WANTS.get(kind, err["msg"]).format(**ctx)
     return f"{key} {want}, got {value!r}"
 

@@ -196,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(f"{a.name}: report {run_stage(a.name, a.params)}", file=sys.stderr)
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        print(f"{a.name}: report {run_stage(a.name, a.params)}", file=sys.stderr)
+    except PapermillExecutionError as e:  # the traceback is in the executed notebook, marked: one line here
+        print(f"{a.name}: FAILED in cell {e.exec_count}: {e.ename}: {e.evalue} — the executed notebook with the "
+              f"failing cell marked is reports/{a.name}.ipynb", file=sys.stderr)
+        return 1
     return 0
 
 # %% ../nbs/16_stage.ipynb #54fa5773

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from derma_nb.baseline import evaluate_baseline, fit_random_forest, image_features, predict_proba_full
 from derma_nb.config import CLASSES
-from derma_nb.data import make_synthetic_sample, prepare_dataset
+from derma_nb.cache import prepare_dataset
+from derma_nb.sample import make_synthetic_sample
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/ham10000"
 real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real HAM10000 subset not present at {REAL}")

@@ -64,3 +64,36 @@ def test_run_profile_names_params_left_over_from_an_earlier_experiment(tmp_path,
     assert "1 key(s)" in caplog.text and "train.phase1.schedule=constant (committed: cosine)" in caplog.text
     assert "model.arch" not in caplog.text  # the profile sets it: not inherited
     assert cmd[:3] == ["dvc", "exp", "run"]  # a warning, not a refusal: editing params.yaml first is allowed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a user's mistake is one line and exit code 2, never a traceback
+# ---------------------------------------------------------------------------------------------------------------
+def _cli(args, cwd):
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "derma_nb.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+MISTAKES = [
+    (["predict", "x.jpg", "--model", "missing.pt"], "missing.pt: model file not found"),
+    (["predict", "x.jpg", "--model", "notes.txt"], "notes.txt: not a derma_nb model file"),
+    (["prepare", "-S", "prepare.image_size=-3"], "prepare.image_size must be >= 16, got -3"),
+    (["prepare", "-S", "train.phase2.lr=fast"], "train.phase2.lr must be a finite number, got 'fast'"),
+    (["prepare", "--data", "no/such/folder"], "no/such/folder: dataset path does not exist"),
+    (["run", "--profile", "nope"], "profiles/nope.yaml: no such profile"),
+    (["export"], "artifacts/model/best.pt: model file not found"),
+    (["train"], "artifacts/prepared/images.npy: missing; run the prepare stage first"),
+]
+
+
+@pytest.mark.parametrize("args,message", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_user_mistakes_are_one_line_not_a_traceback(tmp_path, args, message):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    (tmp_path / "notes.txt").write_text("not a model")
+    r = _cli(args, tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"derma-nb {args[0]}: error: ")

@@ -213,3 +213,24 @@ def test_pick_device_auto_is_cpu_here():
 def test_pick_device_unknown_name():
     with pytest.raises(ParamsError, match=r"device must be one of .*'auto'.*got 'tpu'"):
         pick_device("tpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every YAML spelling of a float is a float (PyYAML reads 1e-5 without a dot as a string); no other str→number
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spelling", ["1e-5", "1.0e-5", "0.00001", "1E-5", "+1e-05"])
+def test_float_spellings_in_the_file_and_in_overrides(tmp_path, spelling):
+    path = write(tmp_path, f"train:\n  phase2:\n    lr: {spelling}\n")
+    assert load_params(path).train.phase2.lr == pytest.approx(1e-5)
+    import yaml  # -S values go through yaml.safe_load exactly like the CLI does
+
+    assert load_params(None, {"train.phase2.lr": yaml.safe_load(spelling)}).train.phase2.lr == pytest.approx(1e-5)
+
+
+def test_strings_that_are_not_numbers_and_numbers_for_ints_stay_errors(tmp_path):
+    with pytest.raises(ParamsError, match=r"train\.phase2\.lr must be a finite number, got 'fast'"):
+        load_params(write(tmp_path, "train:\n  phase2:\n    lr: fast\n"))
+    with pytest.raises(ParamsError, match=r"train\.batch_size must be an integer, got '32'"):
+        load_params(write(tmp_path, "train:\n  batch_size: '32'\n"))
+    with pytest.raises(ParamsError, match=r"train\.phase2\.lr must be > 0.0, got -1"):
+        load_params(write(tmp_path, "train:\n  phase2:\n    lr: -1\n"))

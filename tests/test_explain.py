@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from derma_nb.config import CLASSES
-from derma_nb.data import decode_for_model, make_synthetic_sample, normalize_batch
+from derma_nb.cache import normalize_batch
+from derma_nb.data import decode_for_model
+from derma_nb.sample import make_synthetic_sample
 from derma_nb.explain import example_gallery, gallery_figure, gradcam, overlay, pick_examples
 from derma_nb.model import build_model, set_phase, train_mode
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from derma_nb.config import CLASSES
-from derma_nb.data import DataError, make_synthetic_sample, normalize_batch, prepare_dataset
+from derma_nb.cache import normalize_batch, prepare_dataset
+from derma_nb.data import DataError
+from derma_nb.sample import make_synthetic_sample
 from derma_nb.export import (Predictor, _ort_session, export_checkpoint, export_onnx, onnx_parity, predict_main,
                              read_sidecar, sidecar_path)
-from derma_nb.model import build_model, save_model
+from derma_nb.model import ModelFileError, build_model, save_model
 
 PROBS = [f"prob_{c}" for c in CLASSES]
 
@@ -127,13 +129,20 @@ def test_predictor_errors(tmp_path):
     m = small_model()
     path = export_onnx(m, tmp_path / "m.onnx", image_size=32)
     sidecar_path(path).unlink()
-    with pytest.raises(FileNotFoundError, match="m.onnx.json"):
+    with pytest.raises(ModelFileError, match="m.onnx.json: missing"):
         Predictor(path)
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(ModelFileError, match="nope.pt: model file not found"):
         Predictor(tmp_path / "nope.pt")
     torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a derma_nb model"):
+    with pytest.raises(ModelFileError, match="not a derma_nb model"):
         Predictor(tmp_path / "other.pt")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelFileError, match="notes.txt: not a derma_nb model file"):
+        Predictor(tmp_path / "notes.txt")
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    sidecar_path(tmp_path / "bad.onnx").write_text('{"format": "derma_nb.onnx/1", "classes": [], "image_size": 32}')
+    with pytest.raises(ModelFileError, match="bad.onnx: not a readable ONNX model"):
+        Predictor(tmp_path / "bad.onnx")
     ckpt = save_model(tmp_path / "m.pt", m, "resnet18", image_size=32)
     with pytest.raises(ValueError, match="32x32"):
         Predictor(ckpt).predict_arrays(np.zeros((2, 64, 64, 3), np.uint8))

@@ -13,9 +13,10 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support, roc_auc_score, roc_curve)
 
 from derma_nb.config import CLASSES
-from derma_nb.metrics import (BOOT_METRICS, bootstrap_ci, classification_metrics, confusion_long,
-                              expected_calibration_error, headline_table, per_class_table, plot_confusion,
-                              plot_history, plot_reliability, plot_roc, roc_points, sensitivity_at_specificity)
+from derma_nb.figures import plot_confusion, plot_history, plot_reliability, plot_roc
+from derma_nb.metrics import (BOOT_METRICS, HEADLINE, bootstrap_ci, classification_metrics, confusion_long,
+                              expected_calibration_error, headline_table, label_metrics, per_class_table, roc_points,
+                              sensitivity_at_specificity)
 
 K = len(CLASSES)
 MEL = CLASSES.index("mel")
@@ -290,7 +291,7 @@ def test_plots_return_figures():
     m = classification_metrics(y, p)
     history = pd.DataFrame({"phase": ["head", "head", "layer4", "layer4"], "epoch": [1, 2, 1, 2],
                             "train_loss": [1.0, 0.8, 0.7, 0.6], "val_loss": [1.1, 0.9, 0.8, 0.8],
-                            "val_acc": [0.5, 0.6, 0.7, 0.7], "val_weighted_f1": [0.4, 0.5, 0.6, 0.65],
+                            "val_accuracy": [0.5, 0.6, 0.7, 0.7], "val_balanced_accuracy": [0.4, 0.5, 0.6, 0.65],
                             "val_macro_f1": [0.2, 0.3, 0.4, 0.45]})
     figs = [plot_confusion(m["confusion"], CLASSES, normalize=True),
             plot_confusion(np.array(m["confusion"]), CLASSES, normalize=False),
@@ -316,3 +317,12 @@ def test_plot_data():
         fpr, tpr, _ = roc_curve(y == CLASSES.index(c), p[:, CLASSES.index(c)])
         np.testing.assert_allclose(g.fpr, fpr)
         np.testing.assert_allclose(g.tpr, tpr)
+
+
+def test_training_and_evaluation_use_the_same_metric_names():
+    "The per-epoch metrics and the evaluation metrics share names (and values) for what both compute."
+    y, p = random_predictions()
+    quick, full = label_metrics(y, p), classification_metrics(y, p)
+    assert set(quick) <= set(full) and set(quick) <= set(HEADLINE)
+    for k, v in quick.items():
+        assert v == pytest.approx(full[k], abs=1e-12), k

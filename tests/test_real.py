@@ -56,9 +56,10 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     assert 0 <= test["accuracy"] <= 1 and test["ci"]["accuracy"]["low"] <= test["accuracy"]
     assert "HAM10000" in (repo / "reports/index.html").read_text()
 
-    from derma_nb.pipeline import check_predict_parity, write_results
+    from derma_nb.export import predict_parity
+    from derma_nb.report import write_results
 
-    parity = check_predict_parity(repo)
+    parity = predict_parity(repo)
     assert parity["max_abs_prob_diff"] < 1e-5 and parity["same_predictions"] and parity["metrics_equal"], parity
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- results:real -->\nold\n<!-- /results:real -->\ny\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from derma_nb.pipeline import collect_experiments, experiments_table, write_experiments
+from derma_nb.report import collect_experiments, experiments_table, write_experiments
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed")
 

@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from derma_nb.config import CLASSES, seed_everything
-from derma_nb.data import make_synthetic_sample, prepare_dataset
+from derma_nb.cache import prepare_dataset
+from derma_nb.config import CLASSES, PhaseParams, TrainParams, seed_everything
 from derma_nb.model import build_model, load_model
-from derma_nb.train import FitConfig, Phase, class_weights, predict_probs, two_phase_fit
+from derma_nb.sample import make_synthetic_sample
+from derma_nb.train import class_weights, predict_probs, two_phase_fit
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,20 @@ def prep(tmp_path_factory):
 
 
 def cfg(e1=2, e2=2, **kw):
-    return FitConfig(phase1=Phase(epochs=e1, lr=3e-3), phase2=Phase(epochs=e2, lr=1e-3, trains="layer4", augment=True),
-                     batch_size=16, progress=False, **kw)
+    return TrainParams(phase1=PhaseParams(epochs=e1, lr=3e-3), batch_size=16, **kw,
+                       phase2=PhaseParams(epochs=e2, lr=1e-3, trains="layer4", augment=True))
+
+
+class Interrupted(Exception):
+    "What a kill does to the loop: it stops after the epoch's checkpoint is written."
+
+
+def stop_after(n):
+    "An on_epoch callback that interrupts the run after `n` epochs (the checkpoint of epoch n is on disk)."
+    def cb(row):
+        if row["step"] == n:
+            raise Interrupted
+    return cb
 
 
 def fresh(seed=0):
@@ -56,21 +69,21 @@ def test_phase1_from_features_equals_phase1_through_backbone(prep, tmp_path):
 def test_same_seed_same_metrics(prep, tmp_path):
     r1 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "a", arch="resnet18")
     r2 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "b", arch="resnet18")
-    cols = ["train_loss", "val_loss", "val_acc", "val_weighted_f1", "val_macro_f1"]
+    cols = ["train_loss", "val_loss", "val_accuracy", "val_weighted_f1", "val_macro_f1"]
     pd.testing.assert_frame_equal(r1.history[cols], r2.history[cols])
-    r3 = two_phase_fit(fresh(), prep, cfg(seed=1), tmp_path / "c", arch="resnet18")
+    r3 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "c", arch="resnet18", seed=1)
     assert not r1.history.train_loss.equals(r3.history.train_loss)
 
 
-def test_resume_after_interrupt_gives_the_same_result(prep, tmp_path):
+@pytest.mark.parametrize("after", [1, 2, 3])  # in phase 1, at the end of phase 1, inside phase 2
+def test_resume_after_interrupt_gives_the_same_result(prep, tmp_path, after):
     full = fresh()
     r_full = two_phase_fit(full, prep, cfg(), tmp_path / "full", arch="resnet18")
-    part = fresh()
-    r_part = two_phase_fit(part, prep, cfg(), tmp_path / "cut", arch="resnet18", stop_after_epochs=3)
-    assert not r_part.completed and len(r_part.history) == 3
+    with pytest.raises(Interrupted):
+        two_phase_fit(fresh(), prep, cfg(), tmp_path / "cut", arch="resnet18", on_epoch=stop_after(after))
     resumed = fresh()  # a new process would build the model again, then resume from last.pt
     r_res = two_phase_fit(resumed, prep, cfg(), tmp_path / "cut", arch="resnet18")
-    assert r_res.completed and len(r_res.history) == len(r_full.history)
+    assert len(r_res.history) == len(r_full.history)
     pd.testing.assert_frame_equal(r_full.history.drop(columns=["seconds", "images_per_s"]),
                                   r_res.history.drop(columns=["seconds", "images_per_s"]))
     for k, v in full.state_dict().items():
@@ -79,7 +92,8 @@ def test_resume_after_interrupt_gives_the_same_result(prep, tmp_path):
 
 
 def test_changed_settings_do_not_resume_a_stale_checkpoint(prep, tmp_path):
-    two_phase_fit(fresh(), prep, cfg(), tmp_path / "m", arch="resnet18", stop_after_epochs=1)
+    with pytest.raises(Interrupted):
+        two_phase_fit(fresh(), prep, cfg(), tmp_path / "m", arch="resnet18", on_epoch=stop_after(1))
     r = two_phase_fit(fresh(), prep, cfg(label_smoothing=0.1), tmp_path / "m", arch="resnet18")
     assert len(r.history) == 4 and r.history.step.tolist() == [1, 2, 3, 4]
 
@@ -97,12 +111,13 @@ def test_best_checkpoint_is_the_best_val_epoch_and_loads(prep, tmp_path):
     from sklearn.metrics import f1_score
     assert f1_score(prep.labels("val"), p.argmax(1), labels=range(7), average="macro",
                     zero_division=0) == pytest.approx(r.best["value"])
-    assert (tmp_path / "m" / "history.csv").exists() and len(pd.read_csv(tmp_path / "m" / "history.csv")) == len(h)
+    # everything a resume needs sits in the checkpoint folder; the output folder gets a copy of the best model
+    assert {p.name for p in (tmp_path / "m" / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
 
 
 def test_early_stopping_stops_a_phase(prep, tmp_path):
-    c = FitConfig(phase1=Phase(epochs=20, lr=1e-9, patience=2, schedule="constant"), phase2=Phase(epochs=0),
-                  batch_size=16, progress=False)
+    c = TrainParams(phase1=PhaseParams(epochs=20, lr=1e-9, patience=2, schedule="constant"),
+                    phase2=PhaseParams(epochs=0), batch_size=16)
     r = two_phase_fit(fresh(), prep, c, tmp_path / "m", arch="resnet18")
     assert len(r.history) == 3  # first epoch sets the best, two more without improvement
 
@@ -115,4 +130,15 @@ def test_class_weights_are_inverse_frequency():
 def test_balanced_sampler_trains(prep, tmp_path):
     r = two_phase_fit(fresh(), prep, cfg(1, 1, balanced_sampler=True, class_weights=False), tmp_path / "m",
                       arch="resnet18")
-    assert r.completed and np.isfinite(r.history.train_loss).all()
+    assert len(r.history) == 2 and np.isfinite(r.history.train_loss).all()
+
+
+def test_a_finished_run_is_restored_not_retrained(prep, tmp_path):
+    r1 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", arch="resnet18")
+    (tmp_path / "m" / "best.pt").unlink()  # DVC deletes a stage's outputs before running it again
+    rows = []
+    r2 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", arch="resnet18", on_epoch=rows.append)
+    assert rows == [] and r2.best == r1.best and r2.best_path.exists()
+    pd.testing.assert_frame_equal(r1.history, r2.history)
+    r3 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", arch="resnet18", resume=False, on_epoch=rows.append)
+    assert len(rows) == 2 and r3.best["value"] == r1.best["value"]  # asked to start over: trained again, same result
