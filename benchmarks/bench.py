@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "ham10000"
-SECTIONS = ("data", "phase1", "phase2", "compile", "inference", "memory", "pipeline")
+SECTIONS = ("data", "phase1", "phase2", "compile", "inference", "memory", "tracking", "pipeline")
 
 
 def timed(fn, repeat=1):
@@ -43,7 +43,7 @@ def timed(fn, repeat=1):
 def dataset_dir(tmp: Path) -> tuple[Path, str]:
     if REAL.exists():
         return REAL, "real HAM10000 subset (../shared/data/ham10000)"
-    from derma_nb.data import make_synthetic_sample
+    from derma_nb.sample import make_synthetic_sample
 
     return make_synthetic_sample(tmp / "sample"), "SYNTHETIC sample"
 
@@ -69,7 +69,8 @@ class NaiveJPEGDataset(torch.utils.data.Dataset):
 
 
 def bench_data(ctx, size=64, batch=64):
-    from derma_nb.data import cache_loader, normalize_batch, prepare_dataset, scan_dataset
+    from derma_nb.cache import cache_loader, normalize_batch, prepare_dataset
+    from derma_nb.data import scan_dataset
 
     data, label = dataset_dir(ctx["tmp"])
     t_prep, prep = timed(lambda: prepare_dataset(data, ctx["tmp"] / "prep", image_size=size, force=True))
@@ -96,7 +97,7 @@ def bench_data(ctx, size=64, batch=64):
 
 def _prep(ctx, size=64):
     if "prep" not in ctx:
-        from derma_nb.data import prepare_dataset
+        from derma_nb.cache import prepare_dataset
 
         data, _ = dataset_dir(ctx["tmp"])
         ctx["prep"] = prepare_dataset(data, ctx["tmp"] / "prep", image_size=size)
@@ -105,9 +106,9 @@ def _prep(ctx, size=64):
 
 def bench_phase1(ctx, n=512, batch=32):
     "Head training per image: from features computed once vs through the frozen backbone every step."
-    from derma_nb.data import normalize_batch
-    from derma_nb.model import build_model, set_phase, train_mode
-    from derma_nb.train import backbone_features
+    from derma_nb.cache import normalize_batch
+    from derma_nb.model import backbone, build_model, set_phase, train_mode
+    from derma_nb.train import forward_rows
 
     dev = ctx["device"]
     prep = _prep(ctx)
@@ -127,7 +128,7 @@ def bench_phase1(ctx, n=512, batch=32):
             opt.step()
         sync(dev)
 
-    t_feat_once, feats = timed(lambda: backbone_features(m, prep.images, rows, 128, dev))
+    t_feat_once, feats = timed(lambda: forward_rows(backbone(m), prep.images, rows, 128, dev).to(dev))
 
     def from_features():
         for i in range(0, len(rows), batch):
@@ -157,23 +158,20 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def train_step(fwd, opt, aug, x8, yb, dev, amp=None, channels_last=True):
-    "One training step on a fixed uint8 batch: on-device augment + normalize, forward (autocast), backward, step."
-    from derma_nb.data import normalize_batch
+def training_step(fwd, opt, aug, x8, yb, dev, amp=None, channels_last=True):
+    "The loop's own `train_step` on a fixed uint8 batch, with the loop's input path (on-device augment + normalize)."
+    from derma_nb.cache import normalize_batch
+    from derma_nb.train import train_step
 
-    def step():
-        x = normalize_batch(aug(x8.float() / 255), channels_last=channels_last)
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(fwd(x).float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    return lambda: train_step(fwd, normalize_batch(aug(x8.float() / 255), channels_last=channels_last), yb, opt,
+                              loss_fn, scaler, amp)
 
 
 def bench_phase2(ctx, size=None, batch=None, steps=None):
     "layer4 fine-tuning throughput: channels_last and AMP (CUDA) on/off."
-    from derma_nb.data import BatchAugment
+    from derma_nb.cache import BatchAugment
     from derma_nb.model import build_model, param_groups, train_mode
 
     dev = ctx["device"]
@@ -192,7 +190,7 @@ def bench_phase2(ctx, size=None, batch=None, steps=None):
             m = m.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(param_groups(m, "layer4", 1e-5))
         train_mode(m, "layer4")
-        step = train_step(m, opt, aug, x8.to(dev), y.to(dev), dev, amp, cl)
+        step = training_step(m, opt, aug, x8.to(dev), y.to(dev), dev, amp, cl)
 
         for _ in range(2):
             step()
@@ -224,7 +222,7 @@ def bench_compile(ctx, steps=None):
     CPU: the `real` profile's step (ResNet18 from scratch, all layers, 64 px, batch 64, channels_last).
     CUDA: the full recipe's phase-2 step (ResNet50 layer4, 224 px, batch 256, bf16, channels_last).
     Compile time = the first two compiled steps minus two steady compiled steps."""
-    from derma_nb.data import BatchAugment
+    from derma_nb.cache import BatchAugment
     from derma_nb.model import build_model, param_groups, train_mode
 
     dev = ctx["device"]
@@ -245,7 +243,7 @@ def bench_compile(ctx, steps=None):
         train_mode(m, trains)
         if mode == "compiled":
             torch._dynamo.reset()
-        step = train_step(torch.compile(m) if mode == "compiled" else m, opt, aug, x8, yb, dev, amp)
+        step = training_step(torch.compile(m) if mode == "compiled" else m, opt, aug, x8, yb, dev, amp)
 
         try:
             t_first, _ = timed(lambda: [step() for _ in range(2)] and sync(dev))
@@ -314,10 +312,75 @@ def bench_inference(ctx, size=224):
     return out
 
 
+_BENCH = r'''
+import json, sys, time, tempfile
+from pathlib import Path
+tuned = sys.argv[1] == "1"
+out = Path(tempfile.mkdtemp())
+t = {}
+t0 = time.perf_counter()
+import clearml
+t["import"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+import os
+os.environ["CLEARML_CACHE_DIR"] = str(out)
+if tuned:  # what a stage does: the project's clearml.conf and derma_nb's Task.init switches
+    os.environ["CLEARML_CONFIG_FILE"] = sys.argv[2]
+    from derma_nb.tracking import _init_task
+    task = _init_task("bench", "derma-nb-bench", ["bench"], offline=True, task_type="custom")
+else:  # ClearML's defaults
+    clearml.Task.set_offline(True)
+    task = clearml.Task.init(project_name="derma-nb-bench", task_name="bench", auto_connect_frameworks=False,
+                             auto_connect_arg_parser=False, auto_resource_monitoring=False)
+t["init"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+import pandas as pd
+task.connect({"lr": 1e-3, "epochs": 3}, name="params")
+lg = task.get_logger()
+for i in range(20):
+    lg.report_scalar("loss", "train", 1 / (i + 1), i)
+lg.report_table("table", "table", iteration=0, table_plot=pd.DataFrame({"a": [1, 2]}))
+task.upload_artifact("history", artifact_object=pd.DataFrame({"a": [1, 2]}), wait_on_upload=True)
+t["log"] = time.perf_counter() - t0
+t0 = time.perf_counter()
+task.close()
+t["close"] = time.perf_counter() - t0
+print("BENCH" + json.dumps(t))
+'''
+
+
+
+def tracking_overhead(tuned: bool = True, timeout: float = 600) -> dict:
+    "Seconds for import / init / log / close of one small offline task, measured in a fresh Python process."
+    with tempfile.TemporaryDirectory() as home:
+        # a scratch HOME and no repository around: nothing of the user's is read or written
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+        env.update(HOME=home, USERPROFILE=home, PYTHONPATH=str(ROOT))
+        r = subprocess.run([sys.executable, "-c", _BENCH, "1" if tuned else "0", str(ROOT / "clearml.conf")],
+                           capture_output=True, text=True, env=env, cwd=home, timeout=timeout)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("BENCH")), None)
+    if line is None:
+        raise RuntimeError(f"benchmark failed: {r.stderr[-2000:]}")
+    t = {k: round(v, 3) for k, v in json.loads(line[5:]).items()}
+    t["total"] = round(sum(t.values()), 3)
+    return t
+
+
+def bench_tracking(ctx):
+    "One small offline ClearML stage in a fresh process: ClearML's defaults vs the project's clearml.conf."
+    rows = []
+    for tuned in (False, True):
+        t = tracking_overhead(tuned)
+        what = "project clearml.conf + stage_task switches" if tuned else "ClearML defaults"
+        rows.append({"section": "tracking", "what": f"offline stage, {what}: total (import {t['import']} s, init "
+                     f"{t['init']} s, log {t['log']} s, close {t['close']} s)", "value": t["total"], "unit": "s"})
+    return rows
+
+
 def bench_memory(ctx, size=224):
     "Peak RAM (max RSS) of the prepare stage at 224 px, in a fresh process."
     data, label = dataset_dir(ctx["tmp"])
-    code = (f"import resource; from derma_nb.data import prepare_dataset; "
+    code = (f"import resource; from derma_nb.cache import prepare_dataset; "
             f"prepare_dataset({str(data)!r}, {str(ctx['tmp'] / 'prep224')!r}, image_size={size}, force=True); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     t0 = time.perf_counter()
@@ -374,7 +437,7 @@ def main(argv=None):
     rows = []
     fns = {"data": bench_data, "phase1": bench_phase1, "phase2": bench_phase2, "compile": bench_compile,
            "inference": bench_inference,
-           "memory": bench_memory, "pipeline": bench_pipeline}
+           "memory": bench_memory, "tracking": bench_tracking, "pipeline": bench_pipeline}
     for s in args.only:
         if s == "pipeline" and dev.type != "cpu":
             continue  # the CPU pipeline figures come from this project's 2-core machine

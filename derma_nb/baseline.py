@@ -52,7 +52,7 @@ def image_features(images: np.ndarray, size: int | None = 28, hist_bins: int = 1
         out[s:s + len(idx)] = _chunk_features(images[np.sort(idx)][np.argsort(np.argsort(idx))], size, hist_bins)
     return out
 
-# %% ../nbs/09_baseline.ipynb #65538945
+# %% ../nbs/09_baseline.ipynb #bc5d1225
 def fit_random_forest(X: np.ndarray, y: np.ndarray, n_estimators: int = 300, max_depth: int | None = None,
                       class_weight: str | None = "balanced", seed: int = 0, n_jobs: int = -1):
     "Fit a seeded scikit-learn RandomForestClassifier; returns (model, fit_seconds)."
@@ -68,14 +68,14 @@ def fit_random_forest(X: np.ndarray, y: np.ndarray, n_estimators: int = 300, max
     log.info("random forest: %d trees on %d×%d features in %.1f s", n_estimators, *X.shape, secs)
     return model, secs
 
-# %% ../nbs/09_baseline.ipynb #ebe3cdf8
+# %% ../nbs/09_baseline.ipynb #840dc389
 def predict_proba_full(model, X: np.ndarray, n_classes: int = len(CLASSES)) -> np.ndarray:
     "Class probabilities (N, n_classes) in label order, zero for classes the model never saw."
     p = np.zeros((len(X), n_classes))
     p[:, model.classes_.astype(int)] = model.predict_proba(X)
     return p
 
-# %% ../nbs/09_baseline.ipynb #14399130
+# %% ../nbs/09_baseline.ipynb #f8b199e3
 def evaluate_baseline(model, X: np.ndarray, y: np.ndarray, groups=None, n_boot: int = 0, seed: int = 0) -> dict:
     "`classification_metrics` of the model on (X, y), plus lesion-bootstrap CIs under `ci` when `n_boot` > 0."
     prob = predict_proba_full(model, X)

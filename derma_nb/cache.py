@@ -73,7 +73,7 @@ def match_files(meta: pd.DataFrame, files: DatasetFiles, lenient: bool, report: 
                     len(stray), files.images[stray[0]])
     return meta
 
-# %% ../nbs/04_cache.ipynb #5d2d571f
+# %% ../nbs/04_cache.ipynb #61da0750
 def _compact(tmp: Path, ok: np.ndarray, shape) -> Path:
     "Copy the rows that decoded into a fresh memmap (in chunks) and delete the full one."
     keep = np.flatnonzero(ok)
@@ -112,7 +112,7 @@ def decode_all(meta: pd.DataFrame, files: DatasetFiles, dest: Path, size: int, r
     del arr
     return (dest if ok.all() else _compact(dest, ok, shape)), ok
 
-# %% ../nbs/04_cache.ipynb #e8c4af67
+# %% ../nbs/04_cache.ipynb #1a06b899
 @dataclass
 class PreparedData:
     "The output of `prepare`: the image array (memory-mapped), the split table aligned with it, and the manifest."
@@ -148,7 +148,7 @@ def load_prepared(out_dir: str | Path) -> PreparedData:
         raise DataError(f"{out}: images.npy has {len(images)} rows but splits.csv has {len(table)}; rerun prepare")
     return PreparedData(out, images, table, json.loads((out / "manifest.json").read_text()))
 
-# %% ../nbs/04_cache.ipynb #dd5839d4
+# %% ../nbs/04_cache.ipynb #449acd6f
 def _cached(out: Path, key: dict) -> PreparedData | None:
     "The existing cache under `out` when it was made from the same data with the same settings."
     mf = out / "manifest.json"
@@ -175,7 +175,7 @@ def _write_outputs(out: Path, meta: pd.DataFrame, report: DataReport, key: dict,
     write_json(out / "manifest.json", manifest)
     tmp.replace(out / "images.npy")
 
-# %% ../nbs/04_cache.ipynb #20a9429f
+# %% ../nbs/04_cache.ipynb #acbea16d
 def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int = 64, resize: str = "center_crop",
                     fractions=(0.8, 0.1, 0.1), seed: int = 0, lenient: bool = False, workers: int = 2,
                     force: bool = False) -> PreparedData:
@@ -207,7 +207,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
     log.info("%s", report.summary())
     return load_prepared(out)
 
-# %% ../nbs/04_cache.ipynb #bcfb1354
+# %% ../nbs/04_cache.ipynb #7e787b9b
 class CachedImages(Dataset):
     "Rows of a cached uint8 image array as (uint8 CxHxW tensor, label) — batched fetches in one index."
 
@@ -234,13 +234,13 @@ def as_batch(batch):
     "The DataLoader collate_fn for `CachedImages`: `__getitems__` already returns a batch."
     return batch
 
-# %% ../nbs/04_cache.ipynb #7983b81d
+# %% ../nbs/04_cache.ipynb #a6f36402
 def balanced_weights(labels: np.ndarray) -> torch.Tensor:
     "Per-image sampling weights 1/count(class): each class is drawn equally often (with replacement)."
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     return torch.as_tensor(1.0 / counts[labels])
 
-# %% ../nbs/04_cache.ipynb #105cc661
+# %% ../nbs/04_cache.ipynb #ad1e0957
 def epoch_sampler(labels: np.ndarray, shuffle: bool = False, balanced: bool = False, seed: int = 0):
     "The order of one pass: sequential, shuffled, or class-balanced (with replacement), seeded by `seed` alone."
     g = torch.Generator().manual_seed(seed)
@@ -258,7 +258,7 @@ def cache_loader(images: np.ndarray, rows, labels, batch_size: int = 64, shuffle
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed + 1),
                       collate_fn=as_batch, drop_last=drop_last, pin_memory=pin_memory)
 
-# %% ../nbs/04_cache.ipynb #6434a769
+# %% ../nbs/04_cache.ipynb #fedf8290
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -272,7 +272,7 @@ def normalize_batch(x: torch.Tensor, device=None, channels_last: bool = False) -
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-# %% ../nbs/04_cache.ipynb #f1c5d792
+# %% ../nbs/04_cache.ipynb #92bb5bc2
 class BatchAugment(torch.nn.Module):
     "Per-sample random flips, rotation+zoom and colour jitter for a float (B,3,H,W) batch in [0,1], on any device."
 

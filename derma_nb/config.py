@@ -75,7 +75,7 @@ class SampleParams:
         if unknown:
             raise ValueError(f"lesions has unknown class(es) {unknown}; allowed: {list(CLASSES)}")
 
-# %% ../nbs/00_config.ipynb #bda86289
+# %% ../nbs/00_config.ipynb #9acd4459
 @dataclass(config=_STRICT)
 class FetchFileParams:
     "One file to download: its URL, optional checks (sha256 hex, size in bytes) and local name."
@@ -90,7 +90,7 @@ class FetchFileParams:
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
             raise ValueError(f"sha256 must be 64 hex digits, got {self.sha256!r}")
 
-# %% ../nbs/00_config.ipynb #312e71c5
+# %% ../nbs/00_config.ipynb #f977936f
 @dataclass(config=_STRICT)
 class FetchParams:
     "What `derma-nb fetch` downloads (no files = the public ISIC 2018 Task 3 archives) and how."
@@ -99,7 +99,7 @@ class FetchParams:
     retries: Int = Field(3, ge=1, le=20)
     timeout: Float = Field(60.0, ge=1.0)
 
-# %% ../nbs/00_config.ipynb #8580364e
+# %% ../nbs/00_config.ipynb #b2853d30
 @dataclass(config=_STRICT)
 class DataParams:
     "Where the raw dataset lives and how strictly to read it."
@@ -108,7 +108,7 @@ class DataParams:
     sample: SampleParams = field(default_factory=SampleParams)
     fetch: FetchParams = field(default_factory=FetchParams)
 
-# %% ../nbs/00_config.ipynb #ae4c4fb3
+# %% ../nbs/00_config.ipynb #a5ce2601
 @dataclass(config=_STRICT)
 class SplitParams:
     "Fractions of *lesions* per split (a lesion's images all follow it); they sum to 1."
@@ -131,7 +131,7 @@ class PrepareParams:
     out: Str = "artifacts/prepared"
     workers: Int = Field(2, ge=1, le=64)
 
-# %% ../nbs/00_config.ipynb #2dc6cc6d
+# %% ../nbs/00_config.ipynb #a24fe7c6
 @dataclass(config=_STRICT)
 class ModelParams:
     "The network: a torchvision ResNet with a 7-class head, its initial weights and dropout."
@@ -143,7 +143,7 @@ class ModelParams:
         if self.weights == "IMAGENET1K_V2" and self.arch != "resnet50":
             raise ValueError(f"weights IMAGENET1K_V2 exists for resnet50 only, got arch {self.arch!r}")
 
-# %% ../nbs/00_config.ipynb #ba274f4a
+# %% ../nbs/00_config.ipynb #51c59b08
 @dataclass(config=_STRICT)
 class PhaseParams:
     "One training phase: what trains, for how long, how fast, with what schedule and early-stopping patience."
@@ -167,7 +167,7 @@ class AugmentParams:
     contrast: Float = Field(0.2, ge=0.0, le=1.0)
     saturation: Float = Field(0.2, ge=0.0, le=1.0)
 
-# %% ../nbs/00_config.ipynb #7568e4ca
+# %% ../nbs/00_config.ipynb #909627c5
 SELECT_METRICS = ("macro_f1", "weighted_f1", "accuracy", "balanced_accuracy")
 "Validation metrics that can pick the best epoch (the names `derma_nb.metrics` uses)."
 
@@ -191,7 +191,7 @@ class TrainParams:
     out: Str = "artifacts/model"
     checkpoints: Str = "artifacts/checkpoints"
 
-# %% ../nbs/00_config.ipynb #74a990f3
+# %% ../nbs/00_config.ipynb #c1e16654
 @dataclass(config=_STRICT)
 class BaselineParams:
     "The random forest: thumbnail size, colour-histogram bins, trees, depth, class weighting."
@@ -218,7 +218,7 @@ class EvaluateParams:
     mel_specificity: Float = Field(0.8, ge=0.0, le=1.0)
     gates: GateParams = field(default_factory=GateParams)
 
-# %% ../nbs/00_config.ipynb #f0ce413e
+# %% ../nbs/00_config.ipynb #0eafff65
 @dataclass(config=_STRICT)
 class ExplainParams:
     "Grad-CAM gallery: examples per class and kind (most confident correct / wrong)."
@@ -233,7 +233,7 @@ class TrackingParams:
     tags: list[Str] = field(default_factory=lambda: ["debug"])
     out: Str = "reports/clearml"
 
-# %% ../nbs/00_config.ipynb #4233dd8b
+# %% ../nbs/00_config.ipynb #7d815565
 @dataclass(config=_STRICT)
 class Params:
     "Everything in params.yaml."
@@ -249,11 +249,11 @@ class Params:
     explain: ExplainParams = field(default_factory=ExplainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
-# %% ../nbs/00_config.ipynb #03bc92f4
+# %% ../nbs/00_config.ipynb #b1245ed3
 class ParamsError(ValueError):
     "An invalid value in params.yaml (or an override): the message names the key, the value and what is allowed."
 
-# %% ../nbs/00_config.ipynb #c28193d1
+# %% ../nbs/00_config.ipynb #1e80537e
 def _dotted(loc) -> str:
     "pydantic's error location as the dotted key a user types (`data.fetch.files[0].url`)."
     out = ""
@@ -286,7 +286,7 @@ def _fields_at(cls, loc) -> list[str]:
         cls = nested[0]
     return sorted(f.name for f in dataclasses.fields(cls))
 
-# %% ../nbs/00_config.ipynb #606c9935
+# %% ../nbs/00_config.ipynb #a922a71e
 _WANTS = {"greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
           "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
           "int_type": "must be an integer", "int_from_float": "must be an integer",
@@ -323,7 +323,7 @@ def build_params(raw: dict | None) -> Params:
     except ValidationError as e:
         raise ParamsError(_message(e.errors()[0], raw)) from None
 
-# %% ../nbs/00_config.ipynb #b53dc5ff
+# %% ../nbs/00_config.ipynb #923cf3de
 def set_dotted(d: dict, dotted: str, value):
     "Set `d[a][b][c] = value` for `dotted='a.b.c'`, creating intermediate mappings."
     *parents, last = dotted.split(".")
@@ -335,7 +335,7 @@ def set_dotted(d: dict, dotted: str, value):
             raise ParamsError(f"cannot set {dotted}: {p} is not a mapping")
     d[last] = value
 
-# %% ../nbs/00_config.ipynb #776f97c0
+# %% ../nbs/00_config.ipynb #61666b84
 def get_dotted(d: dict, dotted: str):
     "`d[a][b][c]` for `dotted='a.b.c'`."
     for p in dotted.split("."):
@@ -350,7 +350,7 @@ def flat_dict(d: dict, prefix: str = "") -> dict:
         out.update(flat_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
-# %% ../nbs/00_config.ipynb #1f38de73
+# %% ../nbs/00_config.ipynb #ea57a43b
 def read_yaml(path: str | Path) -> dict:
     "A YAML mapping from `path`; `ParamsError` naming the file when it is missing, not YAML, or not a mapping."
     path = Path(path)
@@ -380,7 +380,7 @@ def params_dict(p) -> dict:
     "A plain nested dict of a params dataclass (for logging, tracking and reports)."
     return dataclasses.asdict(p)
 
-# %% ../nbs/00_config.ipynb #063a55ec
+# %% ../nbs/00_config.ipynb #ef0dadf4
 def seed_everything(seed: int, deterministic: bool = True) -> dict:
     "Seed python, numpy and torch (all devices); optionally make torch deterministic; returns what was set."
     import torch
@@ -398,7 +398,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> dict:
     log.debug("seeded python/numpy/torch with %d (deterministic=%s)", seed, deterministic)
     return {"seed": seed, "deterministic": deterministic, "torch": torch.__version__, "numpy": np.__version__}
 
-# %% ../nbs/00_config.ipynb #09b1fdfc
+# %% ../nbs/00_config.ipynb #6adbca8b
 def pick_device(requested: str = "auto"):
     "A torch.device: `auto` tries cuda, then mps, then cpu; an explicit device must be available."
     import torch
@@ -413,7 +413,7 @@ def pick_device(requested: str = "auto"):
         raise ParamsError(f"device: '{requested}' was requested but is not available here; use 'auto' or 'cpu'")
     return torch.device(requested)
 
-# %% ../nbs/00_config.ipynb #6bb9eb4e
+# %% ../nbs/00_config.ipynb #a1490eeb
 def _json_default(o):
     "numpy scalars and paths in JSON."
     if isinstance(o, np.integer):

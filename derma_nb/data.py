@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 class DataError(ValueError):
     "A problem with the input data; the message names the file (and line) and what is wrong."
 
-# %% ../nbs/02_data.ipynb #c62911d6
+# %% ../nbs/02_data.ipynb #7ae62b3c
 @dataclass(frozen=True)
 class ImageRef:
     "Where one file's bytes live: a file, or a member of a zip archive."
@@ -54,7 +54,7 @@ class ImageRef:
     def __str__(self):
         return f"{self.path}" if self.member is None else f"{self.path}!{self.member}"
 
-# %% ../nbs/02_data.ipynb #0e0b801a
+# %% ../nbs/02_data.ipynb #81eca80d
 def _skip_name(name: str) -> bool:
     "Hidden files and macOS resource-fork debris."
     return any(p.startswith(".") or p == "__MACOSX" for p in name.replace("\\", "/").split("/"))
@@ -73,7 +73,7 @@ def walk_files(root: Path) -> list[Path]:
         out += [Path(top) / f for f in sorted(files) if not _skip_name(f) and (Path(top) / f).is_file()]
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
-# %% ../nbs/02_data.ipynb #e78157e3
+# %% ../nbs/02_data.ipynb #7e649aa9
 @dataclass
 class DatasetFiles:
     "A located HAM10000 copy: its metadata file and an index image_id → ImageRef."
@@ -101,7 +101,7 @@ def _zip_entries(path: Path) -> list[str]:
     except zipfile.BadZipFile:
         raise DataError(f"{path}: not a readable zip archive (corrupt or truncated?)") from None
 
-# %% ../nbs/02_data.ipynb #390ab0b6
+# %% ../nbs/02_data.ipynb #ce562460
 def _all_refs(root: Path) -> list[tuple[str, ImageRef]]:
     "(relative name, ref) for every file under a folder or inside a zip, zips in folders included."
     if root.is_file():
@@ -135,7 +135,7 @@ def _index_images(root: Path, refs) -> tuple[dict[str, ImageRef], list[str]]:
         images[stem] = ref
     return images, dups
 
-# %% ../nbs/02_data.ipynb #177decff
+# %% ../nbs/02_data.ipynb #4309d0a9
 def scan_dataset(root: str | Path) -> DatasetFiles:
     "Locate the metadata file and index every image under `root` (a folder or a .zip, symlinks followed)."
     root = Path(root)
@@ -154,7 +154,7 @@ def scan_dataset(root: str | Path) -> DatasetFiles:
         log.warning("%s: %d identical duplicate image files ignored (e.g. %s)", root, len(dups), dups[0])
     return DatasetFiles(root=root, metadata=metas[0], images=images, duplicates_ignored=dups)
 
-# %% ../nbs/02_data.ipynb #0ab2fb76
+# %% ../nbs/02_data.ipynb #4a3fd243
 @dataclass
 class DataReport:
     "What reading a dataset found: skips with reasons, stray files, conversions, counts."
@@ -188,7 +188,7 @@ class DataReport:
             s += f"; converted to RGB: {self.converted_modes}"
         return s
 
-# %% ../nbs/02_data.ipynb #0c8ff5e5
+# %% ../nbs/02_data.ipynb #49eeb591
 def decode_text(raw: bytes, name: str, lenient: bool = False, report: DataReport | None = None) -> str:
     "Bytes of a text file as str: UTF-8 (BOM allowed); otherwise DataError naming the line, or (lenient) Windows-1252."
     try:
@@ -215,7 +215,7 @@ def _looks_cp1252(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
 
-# %% ../nbs/02_data.ipynb #0b579867
+# %% ../nbs/02_data.ipynb #9493c52f
 def _flag(meta: pd.DataFrame, mask: pd.Series, reason, where: str, lenient: bool, report: DataReport) -> pd.Series:
     "Raise DataError for the first flagged row, or (lenient) record every flagged row as skipped; returns `mask`."
     if not mask.any():
@@ -229,7 +229,7 @@ def _flag(meta: pd.DataFrame, mask: pd.Series, reason, where: str, lenient: bool
         report.skip("metadata row", f"{where}: line {r.line}", reason(r), r.image_id)
     return mask
 
-# %% ../nbs/02_data.ipynb #ac535671
+# %% ../nbs/02_data.ipynb #b088d399
 def _parse_csv(text: str, ref) -> pd.DataFrame:
     "The metadata text as a string DataFrame with a `line` column; DataError naming the file when unreadable."
     sep = "\t" if str(ref).lower().endswith(".tab") else ","
@@ -248,7 +248,7 @@ def _parse_csv(text: str, ref) -> pd.DataFrame:
     meta.insert(0, "line", np.arange(2, len(meta) + 2))
     return meta
 
-# %% ../nbs/02_data.ipynb #5240687b
+# %% ../nbs/02_data.ipynb #325784c7
 def _bad_rows(meta, ref, lenient, report) -> pd.Series:
     "Flag rows with an empty required value, an unknown dx, a repeated image_id or a lesion with two diagnoses."
     flag = lambda mask, why: _flag(meta, mask, why, str(ref), lenient, report)  # noqa: E731
@@ -266,7 +266,7 @@ def _bad_rows(meta, ref, lenient, report) -> pd.Series:
                  f"{sorted(ok[ok.lesion_id == r.lesion_id].dx.unique())}; one lesion must have one diagnosis")
     return drop
 
-# %% ../nbs/02_data.ipynb #18743191
+# %% ../nbs/02_data.ipynb #b47ab14c
 def read_metadata(ref: ImageRef | str | Path, lenient: bool = False, report: DataReport | None = None) -> pd.DataFrame:
     "Read and validate a HAM10000 metadata file; one row per usable image, with its file `line` and integer `label`."
     ref = ref if isinstance(ref, ImageRef) else ImageRef(Path(ref))
@@ -284,7 +284,7 @@ def read_metadata(ref: ImageRef | str | Path, lenient: bool = False, report: Dat
     meta["label"] = meta.dx.map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     return meta.reset_index(drop=True)
 
-# %% ../nbs/02_data.ipynb #72a52248
+# %% ../nbs/02_data.ipynb #418b0128
 _EXT_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}
 
 
@@ -315,7 +315,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     return img.convert("RGB")
 
-# %% ../nbs/02_data.ipynb #8ebbbb54
+# %% ../nbs/02_data.ipynb #d0813577
 def load_rgb(data: bytes, name: str = "<bytes>", stats: DataReport | None = None) -> Image.Image:
     "Decode image bytes (format from content, fully loaded) to RGB; DataError naming the file if unreadable."
     if len(data) == 0:
@@ -328,7 +328,7 @@ def load_rgb(data: bytes, name: str = "<bytes>", stats: DataReport | None = None
     _note(stats, img.format, img.mode, name)
     return to_rgb(img)
 
-# %% ../nbs/02_data.ipynb #a52eb6f8
+# %% ../nbs/02_data.ipynb #5731906b
 def preprocess_image(img: Image.Image, size: int, resize: str = "center_crop") -> np.ndarray:
     "Resize an RGB image to `size`x`size` (center_crop or pad) and return a uint8 HxWx3 array."
     if resize == "center_crop":
@@ -339,7 +339,7 @@ def preprocess_image(img: Image.Image, size: int, resize: str = "center_crop") -
         raise ValueError(f"resize must be 'center_crop' or 'pad', got {resize!r}")
     return np.asarray(out, dtype=np.uint8)
 
-# %% ../nbs/02_data.ipynb #64bc096c
+# %% ../nbs/02_data.ipynb #f5869f6b
 def decode_for_model(data: bytes, size: int, resize: str = "center_crop", name: str = "<bytes>",
                      stats: DataReport | None = None) -> np.ndarray:
     "The single preprocessing path (bytes → uint8 HxWx3) used by the cache and by `predict`."

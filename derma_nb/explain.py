@@ -95,7 +95,7 @@ def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1
     y_prob = np.asarray(y_prob, dtype=np.float64)
     y_true = np.asarray(y_true)
     if y_true.dtype.kind in "UO":  # class names → indices
-        unknown = sorted(set(y_true) - set(classes))
+        unknown = sorted(str(c) for c in set(y_true) - set(classes))
         if unknown:
             raise ValueError(f"y_true has unknown class(es) {unknown}; allowed: {classes}")
         y_true = np.array([classes.index(c) for c in y_true])
@@ -131,7 +131,7 @@ def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1
         log.info("pick_examples: %s", "; ".join(missing))
     return df
 
-# %% ../nbs/12_explain.ipynb #a9c5065e
+# %% ../nbs/12_explain.ipynb #11e32d3a
 def gallery_figure(images, cams, titles=None, ncols: int = 4, alpha: float = 0.4, size: float = 2.0):
     "A matplotlib Figure of (image, Grad-CAM overlay) pairs, `ncols` pairs per row, one title per pair."
     from matplotlib.figure import Figure
@@ -157,7 +157,7 @@ def gallery_figure(images, cams, titles=None, ncols: int = 4, alpha: float = 0.4
         axes[r, 2 * c + 1].set_title("Grad-CAM", fontsize=8, loc="left")
     return fig
 
-# %% ../nbs/12_explain.ipynb #d41b8fae
+# %% ../nbs/12_explain.ipynb #75bb9e72
 def example_gallery(model: nn.Module, images, examples: pd.DataFrame, target: str = "pred", ncols: int = 4,
                     target_layer: nn.Module | None = None, classes=CLASSES):
     "Grad-CAM gallery of the `pick_examples` rows of the cache array `images` (explaining the `pred` or `true` class)."

@@ -103,7 +103,7 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
     log.info("exported ONNX (%s exporter, opset %d) -> %s", used, got_opset, path)
     return path
 
-# %% ../nbs/13_export.ipynb #9ca13e71
+# %% ../nbs/13_export.ipynb #85d125f3
 def _ort_session(path: str | Path, device: str = "cpu"):
     "An onnxruntime session (CUDA provider only when asked for and available)."
     import onnxruntime as ort
@@ -134,7 +134,7 @@ def onnx_parity(model: nn.Module, onnx_path: str | Path, x, batch_sizes=None) ->
             worst = max(worst, diff)
     return worst
 
-# %% ../nbs/13_export.ipynb #4c918423
+# %% ../nbs/13_export.ipynb #b8696a9a
 def export_checkpoint(model_path: str | Path, onnx_path: str | Path | None = None, opset: int = 17,
                       exporter: str = "auto") -> Path:
     "Export a `save_model` checkpoint to ONNX (default: next to it, `.onnx`) with its classes and preprocessing."
@@ -144,7 +144,7 @@ def export_checkpoint(model_path: str | Path, onnx_path: str | Path | None = Non
     return export_onnx(model, onnx_path, meta["image_size"], opset, meta.get("resize", "center_crop"),
                        meta["classes"], exporter, source=str(model_path), **extra)
 
-# %% ../nbs/13_export.ipynb #15770982
+# %% ../nbs/13_export.ipynb #1bc2619d
 def read_sidecar(onnx_path: str | Path) -> dict:
     "The preprocessing sidecar of an exported .onnx (classes, image_size, resize, ...)."
     side = sidecar_path(onnx_path)
@@ -160,7 +160,7 @@ def read_sidecar(onnx_path: str | Path) -> dict:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), 1).numpy()
 
-# %% ../nbs/13_export.ipynb #a509da67
+# %% ../nbs/13_export.ipynb #ac117533
 class Predictor:
     "Class probabilities for image files or uint8 batches, from a derma_nb checkpoint (.pt) or an exported .onnx."
 
@@ -230,7 +230,7 @@ class Predictor:
             df[f"prob_{c}"] = probs[:, k]
         return df
 
-# %% ../nbs/13_export.ipynb #84d74db6
+# %% ../nbs/13_export.ipynb #5d8ab573
 FORMATS = ("table", "csv", "json")
 
 
@@ -263,7 +263,7 @@ def predict_main(paths, model_path: str | Path, fmt: str = "table", device: str 
         return json.dumps(df.round(6).to_dict(orient="records"), indent=2)
     return df.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
-# %% ../nbs/13_export.ipynb #f62e5c3d
+# %% ../nbs/13_export.ipynb #92ff9423
 def predict_parity(run_dir: str | Path = ".", model: str | Path | None = None) -> dict:
     "Predict the test split's image files with `Predictor`; compare with the evaluate stage's probabilities/metrics."
     run = Path(run_dir)

@@ -44,7 +44,7 @@ ISIC2018_FILES: list[dict] = [
 ]
 "The ISIC 2018 Task 3 training set (= the 10015 HAM10000 images): images zip, one-hot labels zip, lesion groupings."
 
-# %% ../nbs/05_fetch.ipynb #f4e737f6
+# %% ../nbs/05_fetch.ipynb #fb8fb281
 class _LoggedRetry(Retry):
     "urllib3's Retry, logging each retry it makes (what failed, how many attempts are left)."
 
@@ -66,7 +66,7 @@ def http_session(retries: int = 3, backoff: float = 1.0) -> requests.Session:
     s.headers["User-Agent"] = "derma-nb"
     return s
 
-# %% ../nbs/05_fetch.ipynb #082fdba0
+# %% ../nbs/05_fetch.ipynb #b9c7bc20
 class _Cut(Exception):
     "The body ended before it was complete (or the resume point was refused): ask again for the rest."
 
@@ -109,7 +109,7 @@ def _resume(session: requests.Session, url: str, part: Path, timeout: float) -> 
         if expected is not None and got < expected:
             raise _Cut(f"connection closed after {part.stat().st_size} bytes, {expected - got} short of the full body")
 
-# %% ../nbs/05_fetch.ipynb #fc550eb5
+# %% ../nbs/05_fetch.ipynb #7f53dd59
 def _mismatch(path: Path, sha256: str | None, size: int | None) -> str | None:
     "Why the file at `path` does not match the expected size/sha256, or None when it does."
     if size is not None and path.stat().st_size != size:
@@ -127,7 +127,7 @@ def _give_up(url: str, dest: Path, part: Path, retries: int, why) -> FetchError:
                       f"or the server keeps failing, download the file by hand and place it at {dest}, or point "
                       f"data.dir in params.yaml at an existing HAM10000 folder or zip.")
 
-# %% ../nbs/05_fetch.ipynb #0e6b7146
+# %% ../nbs/05_fetch.ipynb #593ad592
 def _fetch_part(url: str, part: Path, retries: int, backoff: float, timeout: float, dest: Path) -> None:
     "Complete `part` from `url`: urllib3 retries each request, and a body cut short is resumed (up to `retries`)."
     if url.startswith("file://"):
@@ -159,7 +159,7 @@ def _verify(url: str, part: Path, sha256: str | None, size: int | None) -> None:
                          f"download again; if it persists, the file on the server changed: check the {what} in "
                          f"params.yaml.")
 
-# %% ../nbs/05_fetch.ipynb #85016473
+# %% ../nbs/05_fetch.ipynb #f2fccab5
 def download(url: str, dest: Path, sha256: str | None = None, size: int | None = None,
              retries: int = 3, backoff: float = 1.0, timeout: float = 30.0) -> Path:
     "Download `url` to `dest` (resumable, retried, verified against `size`/`sha256` when given) and return `dest`."
@@ -183,7 +183,7 @@ def download(url: str, dest: Path, sha256: str | None = None, size: int | None =
     os.replace(part, dest)
     return dest
 
-# %% ../nbs/05_fetch.ipynb #bd02a9de
+# %% ../nbs/05_fetch.ipynb #aba0b135
 def _unsafe(name: str) -> bool:
     "True when a zip member name is absolute or climbs out of the extraction folder."
     p = name.replace("\\", "/")
@@ -222,7 +222,7 @@ def unpack(archive: Path, dest_dir: Path) -> Path:
     log.info("unpacked %s into %s: %d file(s) extracted, %d already present", archive.name, dest_dir, done, skipped)
     return dest_dir
 
-# %% ../nbs/05_fetch.ipynb #47999f57
+# %% ../nbs/05_fetch.ipynb #2358de1c
 ISIC_LABELS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 "The one-hot label columns of the ISIC 2018 Task 3 ground truth; `dx` is the lowercased column name."
 
@@ -236,7 +236,7 @@ DX_TYPES: dict[str, str] = {
 
 HAM_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 
-# %% ../nbs/05_fetch.ipynb #93371b75
+# %% ../nbs/05_fetch.ipynb #c6e71788
 def _find(root: Path, name: str) -> Path:
     "The file called `name` under `root`, preferring unpacked copies over those in `.downloads`."
     hits = sorted(root.rglob(name), key=lambda p: (".downloads" in p.relative_to(root).parts, len(p.parts), str(p)))
@@ -265,7 +265,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise MetadataError(f"{path}: line {r.line}: image {r.image} appears more than once")
     return df
 
-# %% ../nbs/05_fetch.ipynb #26b1d303
+# %% ../nbs/05_fetch.ipynb #6624b03b
 def _labels(gt_path: Path, gt: pd.DataFrame) -> list[str]:
     "The dx of every ground-truth row, checking each row has exactly one label set."
     dx = []
@@ -292,7 +292,7 @@ def _ids(ids, n: int = 5) -> str:
     ids = sorted(ids)
     return ", ".join(ids[:n]) + (f", … ({len(ids) - n} more)" if len(ids) > n else "")
 
-# %% ../nbs/05_fetch.ipynb #db45ff83
+# %% ../nbs/05_fetch.ipynb #32508cc0
 def isic2018_to_ham10000(root: Path) -> Path:
     "Write `root/HAM10000_metadata.csv` from the ISIC 2018 Task 3 ground truth and lesion groupings under `root`; return its path."
     root = Path(root)
@@ -330,7 +330,7 @@ def isic2018_to_ham10000(root: Path) -> Path:
     log.info("wrote %s: %d images, %d lesions, dx counts %s", out, len(meta), meta["lesion_id"].nunique(), counts)
     return out
 
-# %% ../nbs/05_fetch.ipynb #c970de08
+# %% ../nbs/05_fetch.ipynb #44b1ea5a
 _FILE_KEYS = {"url", "sha256", "size", "name"}
 LAYOUTS = ("isic2018", "ham10000")
 

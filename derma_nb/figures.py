@@ -23,7 +23,7 @@ def _figure(figsize, **kw):
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(**kw)
 
-# %% ../nbs/08_figures.ipynb #c1970e0c
+# %% ../nbs/08_figures.ipynb #60ae6cec
 def plot_confusion(cm, classes=CLASSES, normalize: bool = True):
     "Confusion matrix heatmap (rows = actual); `normalize` shows row fractions (per-class recall on the diagonal)."
     cm = np.asarray(cm, dtype=np.float64)
@@ -42,7 +42,7 @@ def plot_confusion(cm, classes=CLASSES, normalize: bool = True):
            xlabel="predicted", ylabel="actual", title="Confusion matrix" + (" (row-normalized)" if normalize else ""))
     return fig
 
-# %% ../nbs/08_figures.ipynb #37e3ce6f
+# %% ../nbs/08_figures.ipynb #6d40d7df
 def plot_roc(y_true, y_prob, classes=CLASSES):
     "One-vs-rest ROC curve per class present in `y_true` (AUC in the legend), with the chance diagonal."
     y, prob = _check(y_true, y_prob, list(classes))
@@ -58,7 +58,7 @@ def plot_roc(y_true, y_prob, classes=CLASSES):
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
-# %% ../nbs/08_figures.ipynb #85e678a1
+# %% ../nbs/08_figures.ipynb #faa17b99
 def plot_reliability(curve: dict, title: str = "Reliability of the top-class probability"):
     "Reliability diagram: accuracy per confidence bin with the gap to the mean confidence shaded; counts below."
     centers = np.asarray(curve["bin_center"], dtype=float)
@@ -77,7 +77,7 @@ def plot_reliability(curve: dict, title: str = "Reliability of the top-class pro
     ax2.set(xlabel="confidence (top-class probability)", ylabel="images", xlim=(0, 1))
     return fig
 
-# %% ../nbs/08_figures.ipynb #7c154f9e
+# %% ../nbs/08_figures.ipynb #480ec6f0
 CURVES = {"train_loss": ("Training loss", "cross-entropy"), "val_loss": ("Validation loss", "cross-entropy"),
           "val_accuracy": ("Validation accuracy", "accuracy"),
           "val_balanced_accuracy": ("Validation balanced accuracy", "balanced accuracy"),
@@ -102,9 +102,9 @@ def plot_history(history: pd.DataFrame):
         axes[0][0].legend(fontsize=8)
     return fig
 
-# %% ../nbs/08_figures.ipynb #bb2a5ba9
-def show_figure(fig, dpi: int = 100):
-    "Display a matplotlib Figure as an embedded PNG (works in papermill runs and JupyterLab alike), then close it."
+# %% ../nbs/08_figures.ipynb #076c4524
+def show_figure(fig, dpi: int = 100) -> bytes:
+    "Display a matplotlib Figure as an embedded PNG (papermill runs and JupyterLab alike), close it; the PNG bytes."
     import io
 
     from IPython.display import Image, display
@@ -118,3 +118,4 @@ def show_figure(fig, dpi: int = 100):
         plt.close(fig)
     except Exception:  # a Figure built without pyplot has nothing to close
         pass
+    return buf.getvalue()

@@ -27,7 +27,7 @@ HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanc
                             "macro_auc": "Macro ROC-AUC"}
 "The headline metrics (key → display name), in report order."
 
-# %% ../nbs/07_metrics.ipynb #b53f6fb3
+# %% ../nbs/07_metrics.ipynb #bf3a47d8
 def _num(x) -> float | None:
     "A plain float, or None for NaN/inf (JSON has no NaN)."
     x = float(x)
@@ -51,7 +51,7 @@ def _check(y_true, y_prob, classes) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"labels must lie in 0..{len(classes) - 1}, got {y_true.min()}..{y_true.max()}")
     return y_true, y_prob
 
-# %% ../nbs/07_metrics.ipynb #59bddfac
+# %% ../nbs/07_metrics.ipynb #d195c6e4
 def label_metrics(y_true, y_prob) -> dict:
     "Accuracy, balanced accuracy, weighted and macro F1 of argmax predictions (scikit-learn)."
     y_pred = np.asarray(y_prob).argmax(1)
@@ -62,7 +62,7 @@ def label_metrics(y_true, y_prob) -> dict:
                 "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
                 "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
 
-# %% ../nbs/07_metrics.ipynb #442d0590
+# %% ../nbs/07_metrics.ipynb #a587b1d2
 def sensitivity_at_specificity(y_bin, score, specificity: float = 0.8) -> dict:
     "Best sensitivity (TPR) among ROC thresholds with specificity >= `specificity`, with that threshold."
     y_bin, score = np.asarray(y_bin).astype(bool), np.asarray(score, dtype=np.float64)
@@ -75,7 +75,7 @@ def sensitivity_at_specificity(y_bin, score, specificity: float = 0.8) -> dict:
     out.update(sensitivity=float(tpr[best]), specificity=float(1 - fpr[best]), threshold=_num(thr[best]))
     return out
 
-# %% ../nbs/07_metrics.ipynb #a3c2cf1c
+# %% ../nbs/07_metrics.ipynb #89a6b326
 def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> tuple[float, dict]:
     "ECE over `n_bins` equal-width bins of the top-class probability, and the reliability curve (empty bins: None)."
     y_true, y_prob = np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=np.float64)
@@ -93,7 +93,7 @@ def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> tuple[float,
              "confidence": [_num(c) for c in mean_conf], "count": count.astype(int).tolist()}
     return ece, curve
 
-# %% ../nbs/07_metrics.ipynb #88df3d27
+# %% ../nbs/07_metrics.ipynb #62eb3002
 def classification_metrics(y_true, y_prob, classes=CLASSES, mel_specificity: float = 0.8) -> dict:
     "All evaluation metrics from integer labels and an (N, K) probability matrix, as plain JSON-ready Python."
     classes = list(classes)
@@ -132,7 +132,7 @@ def classification_metrics(y_true, y_prob, classes=CLASSES, mel_specificity: flo
         "reliability": curve,
     }
 
-# %% ../nbs/07_metrics.ipynb #0e6190fd
+# %% ../nbs/07_metrics.ipynb #61ab1490
 def _weighted_auc(W: np.ndarray, pos: np.ndarray, score: np.ndarray) -> np.ndarray:
     "One-vs-rest ROC-AUC for each row of weights W (B, N): weighted Mann-Whitney statistic, ties count one half."
     order = np.argsort(score, kind="mergesort")
@@ -151,7 +151,7 @@ def _weighted_auc(W: np.ndarray, pos: np.ndarray, score: np.ndarray) -> np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         return num / (pw.sum(1) * negw.sum(1))
 
-# %% ../nbs/07_metrics.ipynb #0adaec19
+# %% ../nbs/07_metrics.ipynb #90bdeca2
 BOOT_METRICS = ("accuracy", "balanced_accuracy", "weighted_f1", "macro_f1", "mel_recall", "macro_auc", "mel_auc")
 "Scalar metrics `bootstrap_ci` can resample."
 
@@ -188,7 +188,7 @@ def _scalar_metrics(W: np.ndarray, y: np.ndarray, pred: np.ndarray, prob: np.nda
             out["mel_auc"] = _weighted_auc(W, y == mel, prob[:, mel]) if mel is not None else np.full(len(W), np.nan)
     return out
 
-# %% ../nbs/07_metrics.ipynb #349137c3
+# %% ../nbs/07_metrics.ipynb #373fd004
 def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
                  n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, classes=CLASSES) -> dict:
     "Percentile CIs from resampling lesions (`groups`; None = each image alone) with replacement, seeded."
@@ -227,7 +227,7 @@ def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
               time.perf_counter() - t0)
     return out
 
-# %% ../nbs/07_metrics.ipynb #a75950b9
+# %% ../nbs/07_metrics.ipynb #dbe3e28a
 def headline_table(metrics: dict, ci: dict | None = None) -> pd.DataFrame:
     "One row per headline metric (value and interval, NaN where none), plus melanoma AUC, operating point and ECE."
     ci = ci or {}
@@ -251,7 +251,7 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
     t.index.name = "class"
     return t.astype({"precision": float, "recall": float, "f1": float, "auc": float, "support": int})
 
-# %% ../nbs/07_metrics.ipynb #8fce76cf
+# %% ../nbs/07_metrics.ipynb #de12afa4
 def confusion_long(y_true, y_pred, classes=CLASSES) -> pd.DataFrame:
     "One row per sample with the actual and predicted class names (DVC confusion plot input)."
     names = np.asarray(list(classes))

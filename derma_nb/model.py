@@ -145,7 +145,7 @@ def save_model(path: str | Path, model: nn.Module, arch: str, image_size: int, r
     tmp.replace(path)  # a kill during the save leaves the previous file whole
     return path
 
-# %% ../nbs/06_model.ipynb #62b98898
+# %% ../nbs/06_model.ipynb #26ffe729
 class ModelFileError(ValueError):
     "A model file is missing or is not a derma_nb model: the message names the file and what to do."
 

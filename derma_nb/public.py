@@ -58,7 +58,7 @@ _PATTERNS: list[tuple[str, re.Pattern]] = [
                                  + _PATH_CHARS, re.I)),
 ]
 
-# %% ../nbs/15_public.ipynb #054044ff
+# %% ../nbs/15_public.ipynb #ab9e6995
 def _dynamic_patterns(root: str | Path | None = None) -> list[tuple[str, re.Pattern]]:
     "Patterns for this machine: credential and host values from the environment, the user name, home, project root."
     pats = []
@@ -95,7 +95,7 @@ def _redact(text: str, pats) -> str:
 def _is_text(p: Path) -> bool:
     return p.suffix.lower() in TEXT_SUFFIXES
 
-# %% ../nbs/15_public.ipynb #de1c0d2a
+# %% ../nbs/15_public.ipynb #5a989e0a
 def scan_for_leaks(folder: str | Path, root: str | Path | None = None) -> list[dict]:
     "Findings of private data in a folder's text files and image files: [{file, line, offset, kind, excerpt}]."
     folder = Path(folder)
@@ -130,7 +130,7 @@ def scan_for_leaks(folder: str | Path, root: str | Path | None = None) -> list[d
                                  "excerpt": excerpt})
     return sorted(findings, key=lambda d: (d["file"], d["offset"], d["kind"]))
 
-# %% ../nbs/15_public.ipynb #a2458103
+# %% ../nbs/15_public.ipynb #916392fe
 class LeakError(RuntimeError):
     "Private data found in a folder meant for public sharing."
 
@@ -153,7 +153,7 @@ def _sanitize_notebook(text: str) -> str:
                 data.setdefault("text/plain", [IMAGE_NOTE])
     return json.dumps(nb, indent=1, ensure_ascii=False)
 
-# %% ../nbs/15_public.ipynb #33d82126
+# %% ../nbs/15_public.ipynb #edabd285
 def sanitize_text(text: str, root: str | Path | None = None, suffix: str = "") -> str:
     "Text with embedded images, absolute paths, ClearML hosts, secrets and user names removed."
     if suffix == ".ipynb":
@@ -182,7 +182,7 @@ def sanitize_text(text: str, root: str | Path | None = None, suffix: str = "") -
             text = pat.sub(repl[kind], text)
     return text
 
-# %% ../nbs/15_public.ipynb #2679ad31
+# %% ../nbs/15_public.ipynb #0352cea2
 def public_export(reports_dir: str | Path = "reports", out_dir: str | Path = "public", files=PUBLIC_FILES,
                   root: str | Path | None = None) -> Path:
     "Copy the public subset of the reports into a fresh `out_dir`, sanitized; raises LeakError if anything leaks."

@@ -17,7 +17,8 @@ from .metrics import HEADLINE
 from .stage import STAGE_TITLES, git_commit, run_identity
 
 # %% auto #0
-__all__ = ['REFERENCES', 'RESULT_KEYS', 'write_index', 'results_table', 'write_results', 'collect_experiments',
+__all__ = ['REFERENCES', 'RESULT_KEYS', 'headline_section', 'promotion_section', 'training_section', 'stages_section',
+           'identity_section', 'write_index', 'results_table', 'write_results', 'collect_experiments',
            'experiments_table', 'write_experiments', 'main']
 
 # %% ../nbs/17_report.ipynb #cc7fdf9d
@@ -38,80 +39,90 @@ def _fmt(v, digits=4):
 def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
-# %% ../nbs/17_report.ipynb #ed633fe0
-def write_index(root: str | Path = ".", params_path: str = "params.yaml", out: str = "reports/index.html") -> Path:
-    "Render reports/index.html: headline metrics (baseline vs model, CIs), promotion, identity, stage links."
-    import html
+# %% ../nbs/17_report.ipynb #edaf1adc
+def _ci_cell(v, c: dict | None) -> str:
+    "A value with its interval below it (or the value alone)."
+    return f"{_fmt(v)}<br><span class='muted'>[{_fmt(c.get('low'))}, {_fmt(c.get('high'))}]</span>" if c else _fmt(v)
 
-    root = Path(root)
-    p = load_params(root / params_path)
-    test = _load_json(root / "metrics/test.json")
-    base = _load_json(root / "metrics/baseline.json")
-    train = _load_json(root / "metrics/train.json")
-    promo = _load_json(root / "reports/promotion.json")
-    man = _load_json(root / p.prepare.out / "manifest.json")
-    esc = html.escape
-    synth = bool(man.get("synthetic"))
-    ci = test.get("ci", {})
-    bci = base.get("test_ci", {})
+
+def headline_section(test: dict, base: dict) -> str:
+    "Headline metrics of the random forest and the model on the test split, with intervals and the difference."
     rows = []
     for k, label in HEADLINE.items():
         mv, bv = test.get(k), base.get("test", {}).get(k)
         d = None if mv is None or bv is None else mv - bv
         cls = "" if d is None else ("better" if d > 0 else "worse")
-
-        def cell(v, c):
-            return f"{_fmt(v)}<br><span class='muted'>[{_fmt(c.get('low'))}, {_fmt(c.get('high'))}]</span>" if c \
-                else _fmt(v)
-        rows.append(f"<tr><td>{label}</td><td>{cell(bv, bci.get(k, {}))}</td><td>{cell(mv, ci.get(k, {}))}</td>"
+        rows.append(f"<tr><td>{label}</td><td>{_ci_cell(bv, base.get('test_ci', {}).get(k))}</td>"
+                    f"<td>{_ci_cell(mv, test.get('ci', {}).get(k))}</td>"
                     f"<td class='{cls}'>{'' if d is None else f'{d:+.4f}'}</td></tr>")
+    return (f"<section id='headline'><h2>Headline metrics: baseline vs model</h2><p>Lesion-disjoint test split "
+            f"({test.get('n', '–')} images); 95% bootstrap intervals from resampling lesions.</p><table><tr><th>metric"
+            f"</th><th>random forest</th><th>{html.escape(str(test.get('model', 'model')))}</th><th>Δ</th></tr>"
+            f"{''.join(rows)}</table></section>")
+
+# %% ../nbs/17_report.ipynb #4feb5134
+def promotion_section(promo: dict) -> str:
+    "The decision, its reason, and each gate with its value and result."
     decision = promo.get("decision", "not evaluated")
-    gates = "".join(f"<tr><td>{esc(g['gate'])}</td><td>{_fmt(g['value'])}</td>"
+    gates = "".join(f"<tr><td>{html.escape(g['gate'])}</td><td>{_fmt(g['value'])}</td>"
                     f"<td>{'pass' if g['passed'] else '<b>FAIL</b>'}</td></tr>" for g in promo.get("gates", []))
-    tm = train.get("timings", {})
-    best = train.get("best", {})
-    links = "".join(
-        f"<li><a href='{n}.html'>{esc(t)}</a>{'' if (root / 'reports' / f'{n}.html').exists() else ' <span class=muted>(not run)</span>'}</li>"
-        for n, t in STAGE_TITLES.items())
-    if (root / "reports/benchmarks.md").exists():
-        links += "<li><a href='benchmarks.md'>Benchmarks</a></li>"
+    return (f"<section id='promotion'><h2>Promotion decision</h2><p><span class='badge {html.escape(decision)}'>"
+            f"{html.escape(decision.upper())}</span> {html.escape(promo.get('reason', ''))}</p><table><tr><th>gate "
+            f"(test split)</th><th>value</th><th>result</th></tr>{gates}</table></section>")
+
+
+def training_section(train: dict, base: dict) -> str:
+    "What trained where, its best epoch and how long each phase took."
+    tm, best = train.get("timings", {}), train.get("best", {})
+    return (f"<section id='training'><h2>Training</h2><p>{html.escape(str(train.get('arch', '–')))} (weights <code>"
+            f"{html.escape(str(train.get('weights', '–')))}</code>) on <code>{html.escape(str(train.get('device', '–')))}"
+            f"</code>: best epoch phase {best.get('phase', '–')} / epoch {best.get('epoch', '–')}, val "
+            f"{html.escape(str(best.get('metric', '')))} {_fmt(best.get('value'))}; phase 1 "
+            f"{_fmt(tm.get('phase1_seconds'), 1)} s, phase 2 {_fmt(tm.get('phase2_seconds'), 1)} s "
+            f"({tm.get('phase2_images_per_s') or '–'} images/s). Baseline fit {_fmt(base.get('fit_seconds'), 2)} s.</p>"
+            f"</section>")
+
+# %% ../nbs/17_report.ipynb #7ee8939b
+def stages_section(root: Path) -> str:
+    "Links to every stage report (marked when a stage has not run)."
+    links = "".join(f"<li><a href='{n}.html'>{html.escape(t)}</a>"
+                    f"{'' if (root / 'reports' / f'{n}.html').exists() else ' <span class=muted>(not run)</span>'}</li>"
+                    for n, t in STAGE_TITLES.items())
+    return f"<section id='stages'><h2>Stage reports</h2><ul class='stages'>{links}</ul></section>"
+
+
+def identity_section(root: Path, params_path: str, seed: int, man: dict) -> str:
+    "The data (count, content hash, size, splits), the params file's hash and seed, and the code's commit."
     params_sha = hashlib.sha256((root / params_path).read_bytes()).hexdigest()[:12]
-    data_badge = (f"<span class='badge synthetic'>SYNTHETIC sample</span> drawn lesions, not patient data: the "
-                  f"numbers below test the pipeline, not dermoscopy" if synth else
-                  "<span class='badge real'>HAM10000</span> real dermoscopic images")
-    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>derma-nb report</title>
-<style>{_CSS}</style></head><body>
-<h1>derma-nb — skin-lesion classification report</h1>
-<p class="muted">Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · profile <code>{esc(p.profile)}</code> ·
-run <code>{esc(run_identity(root / params_path, man))}</code></p>
-<p>{data_badge}.</p>
-<section id="promotion"><h2>Promotion decision</h2>
-<p><span class="badge {esc(decision)}">{esc(decision.upper())}</span> {esc(promo.get('reason', ''))}</p>
-<table><tr><th>gate (test split)</th><th>value</th><th>result</th></tr>{gates}</table></section>
-<section id="headline"><h2>Headline metrics: baseline vs model</h2>
-<p>Lesion-disjoint test split ({test.get('n', '–')} images); 95% bootstrap intervals from resampling lesions.</p>
-<table><tr><th>metric</th><th>random forest</th><th>{esc(str(test.get('model', 'model')))}</th><th>Δ</th></tr>
-{''.join(rows)}</table></section>
-<section id="training"><h2>Training</h2>
-<p>{esc(str(train.get('arch', '–')))} (weights <code>{esc(str(train.get('weights', '–')))}</code>) on
-<code>{esc(str(train.get('device', '–')))}</code>: best epoch phase {best.get('phase', '–')} / epoch
-{best.get('epoch', '–')}, val {esc(str(best.get('metric', '')))} {_fmt(best.get('value'))};
-phase 1 {_fmt(tm.get('phase1_seconds'), 1)} s, phase 2 {_fmt(tm.get('phase2_seconds'), 1)} s
-({tm.get('phase2_images_per_s') or '–'} images/s). Baseline fit {_fmt(base.get('fit_seconds'), 2)} s.</p></section>
-<section id="stages"><h2>Stage reports</h2><ul class="stages">{links}</ul></section>
-<section id="identity"><h2>Identity</h2><table>
-<tr><td>data</td><td>{man.get('count', '–')} images, content sha256 <code>{esc(str(man.get('dataset_sha256', '–'))[:16])}</code>,
-{man.get('image_size', '–')} px, splits {esc(json.dumps(man.get('split_counts', {})))}</td></tr>
-<tr><td>params</td><td><code>{esc(params_path)}</code> sha256 <code>{params_sha}</code>, seed {p.seed}</td></tr>
-<tr><td>code</td><td>commit <code>{esc(git_commit(root))}</code></td></tr></table></section>
-</body></html>
-"""
+    return (f"<section id='identity'><h2>Identity</h2><table><tr><td>data</td><td>{man.get('count', '–')} images, "
+            f"content sha256 <code>{html.escape(str(man.get('dataset_sha256', '–'))[:16])}</code>, "
+            f"{man.get('image_size', '–')} px, splits {html.escape(json.dumps(man.get('split_counts', {})))}</td></tr>"
+            f"<tr><td>params</td><td><code>{html.escape(params_path)}</code> sha256 <code>{params_sha}</code>, seed "
+            f"{seed}</td></tr><tr><td>code</td><td>commit <code>{html.escape(git_commit(root))}</code></td></tr></table>"
+            f"</section>")
+
+# %% ../nbs/17_report.ipynb #07a0723e
+def write_index(root: str | Path = ".", params_path: str = "params.yaml", out: str = "reports/index.html") -> Path:
+    "Render reports/index.html: promotion, headline metrics (baseline vs model, CIs), training, stage links, identity."
+    root = Path(root)
+    p = load_params(root / params_path)
+    test, base, train = (_load_json(root / f"metrics/{n}.json") for n in ("test", "baseline", "train"))
+    promo, man = _load_json(root / "reports/promotion.json"), _load_json(root / p.prepare.out / "manifest.json")
+    badge = ("<span class='badge synthetic'>SYNTHETIC sample</span> drawn lesions, not patient data: the numbers below "
+             "test the pipeline, not dermoscopy" if man.get("synthetic") else
+             "<span class='badge real'>HAM10000</span> real dermoscopic images")
+    body = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>derma-nb report</title><style>{_CSS}"
+            f"</style></head><body><h1>derma-nb — skin-lesion classification report</h1><p class='muted'>Generated "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} · profile <code>{html.escape(p.profile)}</code> · run <code>"
+            f"{html.escape(run_identity(root / params_path, man))}</code></p><p>{badge}.</p>"
+            + promotion_section(promo) + headline_section(test, base) + training_section(train, base)
+            + stages_section(root) + identity_section(root, params_path, p.seed, man) + "</body></html>\n")
     out_path = root / out
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(body, encoding="utf-8")
     return out_path
 
-# %% ../nbs/17_report.ipynb #eb229e14
+# %% ../nbs/17_report.ipynb #0e01fc7f
 REFERENCES = [
     {"name": "DermaOps random forest", "accuracy": 0.6936, "weighted_f1": 0.61, "macro_f1": 0.24, "mel_recall": 0.009,
      "split": "val", "why": "pixels of full-resolution images, no class weights, image-level split (leaks lesions)"},
@@ -126,7 +137,7 @@ REFERENCES = [
 RESULT_KEYS = tuple(HEADLINE.items())
 "The results table's rows: the headline metrics."
 
-# %% ../nbs/17_report.ipynb #83635546
+# %% ../nbs/17_report.ipynb #32682958
 def results_table(run_dir: str | Path = ".") -> dict:
     "The run's test metrics (baseline and model, with CIs) plus reference numbers, as data and as markdown."
     run = Path(run_dir)
@@ -169,7 +180,7 @@ def results_table(run_dir: str | Path = ".") -> dict:
             "model_ci": test.get("ci"), "decision": test.get("decision"), "references": REFERENCES,
             "markdown": md}
 
-# %% ../nbs/17_report.ipynb #a1e06599
+# %% ../nbs/17_report.ipynb #a41590f0
 def _replace_between(path: Path, name: str, body: str):
     "Replace the text between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in `path` (if both are there)."
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -192,7 +203,7 @@ def write_results(run_dir: str | Path = ".", name: str = "real", readme: str | P
                      f"<!-- generated by `{cmd}` from the run's metrics files; do not edit -->\n" + r["markdown"])
     return out / f"{name}.md"
 
-# %% ../nbs/17_report.ipynb #2a3d38d7
+# %% ../nbs/17_report.ipynb #29991a00
 def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str] | None = None) -> list[dict]:
     "The DVC experiments of commit(s) `rev` (default HEAD), oldest first: name, rev, params, train and test metrics."
     import dvc.api
@@ -221,7 +232,7 @@ def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str]
                     "train": json.loads(train), "test": json.loads(test)})
     return sorted(out, key=lambda e: (e["created"], e["name"]))  # in the order they ran
 
-# %% ../nbs/17_report.ipynb #dbaf6dc5
+# %% ../nbs/17_report.ipynb #f3f493a5
 def experiments_table(exps: list[dict], base: str | None = None) -> str:
     "Markdown: one row per experiment, the params it changed relative to `base`, val best and test metrics."
     if not exps:
@@ -247,7 +258,7 @@ def experiments_table(exps: list[dict], base: str | None = None) -> str:
                      f"{t['mel_recall']:.3f} | {t['macro_auc']:.3f} |")
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/17_report.ipynb #edc2a76d
+# %% ../nbs/17_report.ipynb #1604c0b3
 def write_experiments(repo: str | Path = ".", base: str | None = None, name: str = "experiments",
                       readme: str | Path = "README.md", out_dir: str | Path = "results",
                       rev: str | list[str] | None = None) -> Path:
@@ -268,7 +279,7 @@ def write_experiments(repo: str | Path = ".", base: str | None = None, name: str
     _replace_between(Path(readme), name, f"<!-- generated by `{cmd}` from `dvc exp show`; do not edit -->\n{md}")
     return out / f"{name}.md"
 
-# %% ../nbs/17_report.ipynb #d16ffb5d
+# %% ../nbs/17_report.ipynb #0ef49de1
 def main(argv: list[str] | None = None) -> int:
     "`python -m derma_nb.report`: write reports/index.html (the report stage of dvc.yaml)."
     import argparse
@@ -279,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {write_index('.', a.params)}")
     return 0
 
-# %% ../nbs/17_report.ipynb #6bfa4588
+# %% ../nbs/17_report.ipynb #ce4afa2b
 #| eval: false
 if __name__ == "__main__":  # python -m derma_nb.report (never run by nbdev_test)
     raise SystemExit(main())

@@ -12,7 +12,7 @@ from .config import CLASSES, log
 from .data import DataError
 
 # %% auto #0
-__all__ = ['KNOWN_DUPLICATES', 'SPLITS', 'lesion_groups', 'split_plan', 'lesion_split', 'check_lesion_disjoint', 'split_summary']
+__all__ = ['KNOWN_DUPLICATES', 'SPLITS', 'lesion_groups', 'split_plan', 'check_lesion_disjoint', 'lesion_split', 'split_summary']
 
 # %% ../nbs/03_split.ipynb #24f4e63f
 KNOWN_DUPLICATES: tuple[tuple[str, str, float], ...] = (
@@ -94,7 +94,18 @@ def _stratified(groups_dx: pd.Series, fractions, seed: int) -> tuple[list, list,
                 part.append(pick)
     return train, val, test
 
-# %% ../nbs/03_split.ipynb #6178cead
+# %% ../nbs/03_split.ipynb #b34caa74
+def check_lesion_disjoint(meta: pd.DataFrame, split: pd.Series, groups: pd.Series | None = None):
+    "Raise DataError if any lesion (or group of known duplicates) has images in two splits."
+    for unit, ids in (("lesion", meta.lesion_id), ("duplicate group", groups)):
+        if ids is None:
+            continue
+        n = pd.DataFrame({"id": ids.values, "split": split.values}).groupby("id").split.nunique()
+        leaked = n[n > 1]
+        if len(leaked):
+            raise DataError(f"{len(leaked)} {unit}(s) span two splits, e.g. {list(leaked.index[:5])}")
+
+# %% ../nbs/03_split.ipynb #0008c656
 def lesion_split(meta: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0, pairs=KNOWN_DUPLICATES) -> pd.Series:
     "Assign each image to train/val/test so that no lesion (nor known duplicate) spans two splits, stratified by dx."
     groups = lesion_groups(meta, pairs)
@@ -113,18 +124,7 @@ def lesion_split(meta: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0, p
     check_lesion_disjoint(meta, split, groups)
     return split
 
-# %% ../nbs/03_split.ipynb #b34caa74
-def check_lesion_disjoint(meta: pd.DataFrame, split: pd.Series, groups: pd.Series | None = None):
-    "Raise DataError if any lesion (or group of known duplicates) has images in two splits."
-    for unit, ids in (("lesion", meta.lesion_id), ("duplicate group", groups)):
-        if ids is None:
-            continue
-        n = pd.DataFrame({"id": ids.values, "split": split.values}).groupby("id").split.nunique()
-        leaked = n[n > 1]
-        if len(leaked):
-            raise DataError(f"{len(leaked)} {unit}(s) span two splits, e.g. {list(leaked.index[:5])}")
-
-# %% ../nbs/03_split.ipynb #9b071f7c
+# %% ../nbs/03_split.ipynb #5ac25227
 def split_summary(meta: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     "Images per class and split (plus lesions per split), for reports."
     t = pd.crosstab(meta.dx, split).reindex(index=list(CLASSES), columns=list(SPLITS), fill_value=0)

@@ -67,7 +67,7 @@ def log_to_stderr(level: int = logging.INFO):
     log.setLevel(level)
     log.propagate = False
 
-# %% ../nbs/16_stage.ipynb #9136d915
+# %% ../nbs/16_stage.ipynb #c63e4084
 class Stage:
     "One pipeline stage: its params (only `keys`), seed, device and tracked task; closes the task on failure too."
 
@@ -128,7 +128,7 @@ class Stage:
         self.close(etype, evalue, tb)
         return False
 
-# %% ../nbs/16_stage.ipynb #ea544512
+# %% ../nbs/16_stage.ipynb #78dfe862
 def promotion_decision(test: dict, gates, baseline_test: dict | None = None) -> dict:
     "Promoted/rejected against the gates (min balanced accuracy, mel recall, macro F1, beat baseline), with reasons."
     checks = [("balanced_accuracy", ">=", gates.min_balanced_accuracy), ("mel_recall", ">=", gates.min_mel_recall),
@@ -149,7 +149,7 @@ def promotion_decision(test: dict, gates, baseline_test: dict | None = None) -> 
     return {"decision": "rejected" if failed else "promoted", "failed_gates": [r["gate"] for r in failed],
             "gates": results, "reason": reason}
 
-# %% ../nbs/16_stage.ipynb #c16c2a2b
+# %% ../nbs/16_stage.ipynb #e5525fff
 STAGE_TITLES = {"prepare": "Data preparation", "eda": "Exploratory data analysis", "baseline": "Random-forest baseline",
                 "train": "Training", "evaluate": "Evaluation on the test split", "explain": "Grad-CAM gallery",
                 "export": "ONNX export"}
@@ -171,7 +171,7 @@ def render_html(executed: Path, title: str) -> Path:
     out.write_text(html, encoding="utf-8")
     return out
 
-# %% ../nbs/16_stage.ipynb #15a7f3ae
+# %% ../nbs/16_stage.ipynb #3bdcbcf4
 def run_stage(name: str, params_path: str = "params.yaml", stages_dir: str | Path = "nbs/stages",
               out_dir: str | Path = "reports") -> Path:
     "Execute a stage notebook with papermill (log lines streamed to stderr), then render its HTML report."
@@ -186,7 +186,7 @@ def run_stage(name: str, params_path: str = "params.yaml", stages_dir: str | Pat
                         log_output=False, stderr_file=sys.stderr, kernel_name="python3")
     return render_html(out, f"{STAGE_TITLES[name]} — derma-nb")
 
-# %% ../nbs/16_stage.ipynb #42dce79e
+# %% ../nbs/16_stage.ipynb #12724ce4
 def main(argv: list[str] | None = None) -> int:
     "`python -m derma_nb.stage NAME`: the command dvc.yaml runs for every notebook stage."
     import argparse
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-# %% ../nbs/16_stage.ipynb #54fa5773
+# %% ../nbs/16_stage.ipynb #6f993024
 #| eval: false
 if __name__ == "__main__":  # python -m derma_nb.stage NAME (never run by nbdev_test)
     sys.exit(main())

@@ -89,7 +89,7 @@ def _has_raster(fig) -> bool:
     except Exception:
         return True
 
-# %% ../nbs/14_tracking.ipynb #b7447d33
+# %% ../nbs/14_tracking.ipynb #bad00d1a
 class StageLogger:
     "What a stage reports to its ClearML task (every method is a no-op when `task` is None)."
 
@@ -189,7 +189,7 @@ class StageLogger:
         if kv:
             self._do("properties", lambda: self.task.set_user_properties(**{k: str(v) for k, v in kv.items()}))
 
-# %% ../nbs/14_tracking.ipynb #a67422e2
+# %% ../nbs/14_tracking.ipynb #00e9f2b0
 def redact_url(url: str) -> str:
     "`scheme://host[:port]` of a URL: no user:password@, path or query."
     try:
@@ -222,7 +222,7 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     t.join(timeout + 0.5)
     return bool(ok)
 
-# %% ../nbs/14_tracking.ipynb #d631f47e
+# %% ../nbs/14_tracking.ipynb #625bd632
 @contextmanager
 def _env(**kv) -> Iterator[None]:
     "Set environment variables for the block (None removes, ... keeps), then restore them all."
@@ -256,7 +256,7 @@ def clearml_env(out_dir: Path) -> dict:
         env["CLEARML_CONFIG_FILE"] = str(project_conf())
     return env
 
-# %% ../nbs/14_tracking.ipynb #30f4e889
+# %% ../nbs/14_tracking.ipynb #7f2c87ba
 @contextmanager
 def _quiet() -> Iterator[io.StringIO]:
     "Capture what ClearML prints on stdout (absolute paths, task ids) and log it at debug level."
@@ -287,7 +287,7 @@ def _init_task(stage: str, project: str, tags: list[str], offline: bool, task_ty
                          auto_connect_frameworks=dict(_NO_AUTO), auto_connect_arg_parser=False,
                          auto_resource_monitoring=False, auto_connect_streams=False)
 
-# %% ../nbs/14_tracking.ipynb #2b74b418
+# %% ../nbs/14_tracking.ipynb #e7a787ae
 def _zip_folder(folder: Path, dest: Path) -> None:
     "Zip a session folder the way ClearML does (paths relative to the folder)."
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
@@ -307,7 +307,7 @@ def _tidy_sessions(sessions: Path) -> None:
         (sessions / ".session.json").unlink(missing_ok=True)
         sessions.rmdir()
 
-# %% ../nbs/14_tracking.ipynb #8753b147
+# %% ../nbs/14_tracking.ipynb #efce3a46
 def _close_task(task, lg: StageLogger, stage: str, out_dir: Path, offline: bool) -> None:
     "Close the task; for an offline session copy ClearML's zip to `<out_dir>/<stage>.zip` and drop the working copy."
     folder = None
@@ -334,7 +334,7 @@ def _close_task(task, lg: StageLogger, stage: str, out_dir: Path, offline: bool)
     except OSError as e:
         log.warning("tracking: could not write %s (%s); the session stays in %s", dest, e, folder)
 
-# %% ../nbs/14_tracking.ipynb #d23b2451
+# %% ../nbs/14_tracking.ipynb #ec20789a
 def _api_host() -> str:
     "The ClearML API server this process would use (environment, then clearml.conf, then ClearML's default)."
     from clearml.backend_api.session import Session
@@ -373,7 +373,7 @@ def _open_task(stage: str, project: str, tags: list[str], mode: str, ttype: str,
                                  f"offline, session saved to {zip_path}")
     return _init_task(stage, project, tags, offline=True, task_type=ttype), True
 
-# %% ../nbs/14_tracking.ipynb #3c349365
+# %% ../nbs/14_tracking.ipynb #3ca42cf6
 def _record_failure(task, lg: StageLogger, e: BaseException, t0: float) -> str:
     "Write a failure into the task (properties, tag, comment, console) and mark it failed; returns the message."
     msg = f"{type(e).__name__}: {e}"
@@ -384,7 +384,7 @@ def _record_failure(task, lg: StageLogger, e: BaseException, t0: float) -> str:
     lg._do("mark_failed", lambda: task.mark_failed(status_reason=msg[:255], status_message=msg[:255], force=True))
     return msg
 
-# %% ../nbs/14_tracking.ipynb #d989e684
+# %% ../nbs/14_tracking.ipynb #be708f32
 @contextmanager
 def stage_task(stage: str, params: dict, mode: str = "offline", project: str = "derma-nb", tags=(),
                run_id: str | None = None, out_dir: str | Path = "reports/clearml") -> Iterator[StageLogger]:
@@ -419,7 +419,7 @@ def stage_task(stage: str, params: dict, mode: str = "offline", project: str = "
         lg.properties(status="completed", duration_s=round(time.time() - t0, 1))
         _close_task(task, lg, stage, out_dir, offline)
 
-# %% ../nbs/14_tracking.ipynb #77b075c0
+# %% ../nbs/14_tracking.ipynb #fd82bc00
 def import_session(zip_path: str | Path) -> str:
     "Import an offline session zip into the configured ClearML server (a failed stage stays failed); its task id."
     from clearml import Task

@@ -185,7 +185,7 @@ class Fit:
         self.augment = BatchAugment(**asdict(self.cfg.augment))
         self.last, self.best_path = self.ck_dir / "last.pt", self.ck_dir / "best.pt"
 
-# %% ../nbs/11_train.ipynb #efeae452
+# %% ../nbs/11_train.ipynb #cd5496a1
 @torch.no_grad()
 def _validate(fit: Fit, feats=None) -> tuple[float, dict]:
     "Validation loss and `label_metrics` (the head on cached features, or the whole network on the val rows)."
@@ -212,7 +212,7 @@ def _batches(fit: Fit, pi: int, ep: int, feats=None):
     yt = torch.tensor(fit.y_tr)
     return [(feats[idx], yt[idx]) for idx in dl.batch_sampler]  # the very same batches, as feature rows
 
-# %% ../nbs/11_train.ipynb #53546a61
+# %% ../nbs/11_train.ipynb #704d3fb7
 def _to_input(fit: Fit, ph: PhaseParams, features: bool, g: torch.Generator) -> Callable:
     "Batch → model input: cached features as they are; images to the device, augmented when the phase says so."
     def images(x):
@@ -232,7 +232,7 @@ def _features(fit: Fit) -> tuple[torch.Tensor, torch.Tensor, float]:
              time.perf_counter() - t0)
     return f[0], f[1], time.perf_counter() - t0
 
-# %% ../nbs/11_train.ipynb #184dd22e
+# %% ../nbs/11_train.ipynb #c2e6abf9
 def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict, val: tuple, lr: float,
                secs: float, opt, sched) -> None:
     "Record the epoch, keep the best weights, count stale epochs, stop early, checkpoint (rank 0; others follow)."
@@ -265,7 +265,7 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
     if fit.on_epoch:
         fit.on_epoch(row)
 
-# %% ../nbs/11_train.ipynb #5c957fec
+# %% ../nbs/11_train.ipynb #88b17425
 def _start_phase(fit: Fit, pi: int, state: FitState) -> None:
     "Phase 2 starts from phase 1's best weights (from the checkpoint folder), on every rank."
     if pi == 1 and state.epoch == 0 and state.best.get("phase") == 1:
@@ -307,7 +307,7 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
         state.__dict__.update(broadcast(asdict(state)))
         barrier()
 
-# %% ../nbs/11_train.ipynb #94086b15
+# %% ../nbs/11_train.ipynb #0812e956
 @dataclass
 class FitResult:
     "What training produced: history, best epoch, the best model file, timings, device."
@@ -330,7 +330,7 @@ def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
     broadcast_module(fit.model)
     return state, ck
 
-# %% ../nbs/11_train.ipynb #0b57fac1
+# %% ../nbs/11_train.ipynb #a76de636
 def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_dir: str | Path, device="cpu",
                   arch: str = "resnet50", seed: int = 0, checkpoint_dir: str | Path | None = None,
                   resume: bool = True, on_epoch: Callable[[dict], None] | None = None,
@@ -366,7 +366,7 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     return FitResult(pd.DataFrame(state.history), dict(state.best), out / "best.pt", state.timings, str(device),
                      ranks().world_size)
 
-# %% ../nbs/11_train.ipynb #fb22f0a4
+# %% ../nbs/11_train.ipynb #40ab5266
 def train_summary(res: FitResult, p: Params) -> dict:
     "metrics/train.json: the best epoch and its validation metrics, epochs run, device, model, timings."
     b = res.best
