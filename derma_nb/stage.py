@@ -74,26 +74,38 @@ class Stage:
     def __init__(self, name: str, params_path: str | Path = "params.yaml", keys=(), overrides: dict | None = None):
         from derma_nb.tracking import stage_task
 
-        self.name, self.t0 = name, time.time()
+        self.name, self.t0, self.params_path = name, time.time(), params_path
         self.p = load_params(params_path, overrides)
         self.params = select_params(self.p, keys)
         log_to_stderr()
-        self.manifest = read_manifest(self.p)
-        self.run_id = run_identity(params_path, self.manifest)
-        self.data_kind = "synthetic" if self.manifest.get("synthetic") else ("real" if self.manifest else "unknown")
-        tags = [f"profile:{self.p.profile}", f"data:{self.data_kind}", *self.p.tracking.tags]
+        self._describe(read_manifest(self.p))
         self._cm = stage_task(name, self.params, mode=self.p.tracking.mode, project=self.p.tracking.project,
-                              tags=tags, run_id=self.run_id, out_dir=self.p.tracking.out)
+                              tags=self.tags, run_id=self.run_id, out_dir=self.p.tracking.out)
         self.log = self._cm.__enter__()
         # seed after the tracker starts: ClearML's Task.init may move the global random state
         self.seed_info = seed_everything(self.p.seed)
         self.device = pick_device(self.p.device)
-        self.log.properties(run_id=self.run_id, commit=git_commit(), seed=self.p.seed, device=str(self.device),
-                            dataset_sha256=self.manifest.get("dataset_sha256", ""), data=self.data_kind)
+        self.log.properties(commit=git_commit(), seed=self.p.seed, device=str(self.device), **self._data_properties())
         self._closed = False
         self._hook()
         log.info("%s: run %s, seed %d, device %s, data %s", name, self.run_id, self.p.seed, self.device,
                  self.data_kind)
+
+    def _describe(self, manifest: dict):
+        "The data this stage works on: its manifest, kind (synthetic/real), the run id, the task's tags."
+        self.manifest = manifest
+        self.data_kind = "synthetic" if manifest.get("synthetic") else ("real" if manifest else "unknown")
+        self.run_id = run_identity(self.params_path, manifest)
+        self.tags = [f"profile:{self.p.profile}", f"data:{self.data_kind}", *self.p.tracking.tags]
+
+    def _data_properties(self) -> dict:
+        return {"run_id": self.run_id, "dataset_sha256": self.manifest.get("dataset_sha256", ""), "data": self.data_kind}
+
+    def describe_data(self, manifest: dict):
+        "For the stage that makes the dataset (prepare): once it exists, its kind and hash go on the task."
+        self._describe(manifest)
+        self.log.set_tags(*self.tags, f"run:{self.run_id}")
+        self.log.properties(**self._data_properties())
 
     def _hook(self):
         "In IPython: a failing cell closes the task as failed before its traceback is shown."

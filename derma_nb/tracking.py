@@ -184,6 +184,10 @@ class StageLogger:
         if tags:
             self._do("tags", lambda: self.task.add_tags([str(t) for t in tags]))
 
+    def set_tags(self, *tags: str) -> None:
+        "Replace the task's tags (the prepare stage learns the data's kind only once it has read it)."
+        self._do("set_tags", lambda: self.task.set_tags([str(t) for t in tags]))
+
     def properties(self, **kv) -> None:
         "Set user properties (shown in the task's info panel): provenance, run id, device."
         if kv:

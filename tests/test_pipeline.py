@@ -126,7 +126,7 @@ def test_one_offline_clearml_session_per_stage(run):
     # run id = hash(params.yaml, dataset): before any param change, every stage carries the same one
     assert len(run_ids) == 1, f"all stages of one run share its id: {run_ids}"
     assert sessions["prepare"]["properties"]["dataset_sha256"]
-    assert {"manifest", "splits"} <= set(sessions["prepare"]["artifacts"])
+    assert {"manifest.json", "splits.csv", "report.json"} <= set(sessions["prepare"]["artifacts"])
     assert sessions["train"]["params"]["train/phase2/trains"] == "layer4"  # ClearML flattens nested params
     assert sessions["train"]["params"]["model/arch"] == "resnet50"
     assert not any(k.startswith("model/") for k in sessions["eda"]["params"]), "only the params a stage reads"
