@@ -26,9 +26,9 @@ from .sample import is_synthetic
 from .split import SPLITS, lesion_groups, lesion_split
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'IMAGENET_MEAN', 'IMAGENET_STD', 'dataset_fingerprint', 'match_files', 'decode_all', 'PreparedData',
-           'load_prepared', 'prepare_dataset', 'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler',
-           'cache_loader', 'normalize_batch', 'BatchAugment']
+__all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'match_files', 'decode_all', 'PreparedData', 'load_prepared', 'prepare_dataset',
+           'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler', 'cache_loader', 'unit_batch',
+           'BatchAugment', 'dihedral']
 
 # %% ../nbs/04_cache.ipynb #54d13667
 CACHE_FORMAT = 2
@@ -258,18 +258,11 @@ def cache_loader(images: np.ndarray, rows, labels, batch_size: int = 64, shuffle
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed + 1),
                       collate_fn=as_batch, drop_last=drop_last, pin_memory=pin_memory)
 
-# %% ../nbs/04_cache.ipynb #fedf8290
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_batch(x: torch.Tensor, device=None, channels_last: bool = False) -> torch.Tensor:
-    "uint8 (B,3,H,W) (or float in [0,1]) → float, ImageNet-normalized, on `device` (training, evaluation, predict)."
+# %% ../nbs/04_cache.ipynb #d7443e59
+def unit_batch(x: torch.Tensor, device=None, channels_last: bool = False) -> torch.Tensor:
+    "uint8 (B,3,H,W) (or float already in [0,1]) → float32 in [0, 1] on `device` (the models normalize themselves)."
     x = x.to(device, non_blocking=True) if device is not None else x
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 # %% ../nbs/04_cache.ipynb #92bb5bc2
@@ -305,3 +298,11 @@ class BatchAugment(torch.nn.Module):
             g = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
             x = (x - g) * (1 + (u(B, 1, 1, 1) * 2 - 1) * self.saturation) + g
         return x.clamp(0, 1)
+
+# %% ../nbs/04_cache.ipynb #2bcc2f6a
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    "View k (0..7) of a (..., H, W) batch: identity, h-flip, v-flip, rot180, rot90, rot90+h-flip, rot270, rot270+h-flip."
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral view must be 0..7, got {k}")
+    x = torch.rot90(x, (0, 0, 0, 2, 1, 1, 3, 3)[k], dims=(-2, -1))
+    return x.flip(-1) if k in (1, 5, 7) else x.flip(-2) if k == 2 else x

@@ -131,30 +131,39 @@ class PrepareParams:
     out: Str = "artifacts/prepared"
     workers: Int = Field(2, ge=1, le=64)
 
-# %% ../nbs/00_config.ipynb #a24fe7c6
+# %% ../nbs/00_config.ipynb #ca421659
 @dataclass(config=_STRICT)
 class ModelParams:
-    "The network: a torchvision ResNet with a 7-class head, its initial weights and dropout."
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
-    weights: Literal["none", "IMAGENET1K_V1", "IMAGENET1K_V2"] = "none"
+    "The network: a backbone (torchvision ResNet or timm architecture), its initial weights, the head's dropout."
+    arch: Str = "tf_efficientnet_lite0"
+    weights: Literal["none", "imagenet", "IMAGENET1K_V1", "IMAGENET1K_V2"] = "imagenet"
     dropout: Float = Field(0.0, ge=0.0, le=0.9)
 
     def __post_init__(self):
+        if self.weights.startswith("IMAGENET1K") and not self.arch.startswith("resnet"):
+            raise ValueError(f"weights {self.weights} names torchvision weights; for {self.arch} use imagenet")
         if self.weights == "IMAGENET1K_V2" and self.arch != "resnet50":
             raise ValueError(f"weights IMAGENET1K_V2 exists for resnet50 only, got arch {self.arch!r}")
 
-# %% ../nbs/00_config.ipynb #51c59b08
+# %% ../nbs/00_config.ipynb #68f7297a
 @dataclass(config=_STRICT)
 class PhaseParams:
-    "One training phase: what trains, for how long, how fast, with what schedule and early-stopping patience."
+    "One training phase: what trains (the head and the last `unfreeze` stages), how long, how fast, on what inputs."
     epochs: Int = Field(0, ge=0, le=1000)
     lr: Float = Field(1e-3, gt=0.0, le=10.0)
+    head_lr_factor: Float = Field(1.0, gt=0.0, le=1000.0)
     weight_decay: Float = Field(1e-4, ge=0.0, le=1.0)
-    trains: Literal["head", "layer4", "all"] = "head"
+    unfreeze: Annotated[int, Strict(), Field(ge=0, le=100)] | Literal["all"] = 0
     augment: Bool = False
+    cache_views: Int = Field(0, ge=0, le=8)
     patience: Int = Field(5, ge=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: Int = Field(0, ge=0)
+
+    def __post_init__(self):
+        if self.cache_views and (self.augment or self.unfreeze == "all"):
+            raise ValueError("cache_views needs a frozen part and no image augmentation: set augment: false and "
+                             "unfreeze to a number of stages, or cache_views: 0")
 
 
 @dataclass(config=_STRICT)
@@ -175,9 +184,8 @@ SELECT_METRICS = ("macro_f1", "weighted_f1", "accuracy", "balanced_accuracy")
 @dataclass(config=_STRICT)
 class TrainParams:
     "Two-phase training: the phases, batch sizes, class balancing, selection metric, precision, outputs."
-    phase1: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=12, lr=1e-3, trains="head"))
-    phase2: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=30, lr=1e-5, trains="layer4",
-                                                                    augment=True))
+    phase1: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=12, lr=1e-3, unfreeze=0))
+    phase2: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=30, lr=1e-4, unfreeze=1, augment=True))
     batch_size: Int = Field(32, ge=1, le=4096)
     eval_batch_size: Int = Field(128, ge=1, le=4096)
     class_weights: Bool = True
@@ -213,8 +221,9 @@ class GateParams:
 
 @dataclass(config=_STRICT)
 class EvaluateParams:
-    "Test-set evaluation: bootstrap resamples (by lesion), the melanoma specificity to report at, the gates."
+    "Test-set evaluation: bootstrap resamples (by lesion), test-time views, melanoma specificity to report at, gates."
     n_boot: Int = Field(1000, ge=0, le=100000)
+    tta_views: Int = Field(1, ge=1, le=8)
     mel_specificity: Float = Field(0.8, ge=0.0, le=1.0)
     gates: GateParams = field(default_factory=GateParams)
 
@@ -295,22 +304,36 @@ _WANTS = {"greater_than": "must be > {gt}", "greater_than_equal": "must be >= {g
           "dict_type": "must be a mapping of keys to values", "dataclass_type": "must be a mapping of keys to values"}
 
 
-def _message(err: dict, raw: dict) -> str:
-    "One line for one pydantic error: the dotted key, what it must be, the value as written."
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))  # drop union-member tags
+_UNION_TAGS = re.compile(r"\[|-|^(int|str|float|bool|none)$")
+
+
+def _loc(err: dict) -> tuple:
+    "An error's location without pydantic's union-member tags (`constrained-int`, `literal['all']`)."
+    return tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAGS.search(p)))
+
+
+def _want(err: dict) -> str:
+    "What a value must be, in words, for one pydantic error."
+    ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error":
+        return f"one of [{ctx['expected'].replace(' or ', ', ')}]"
+    return _WANTS.get(err["type"], err["msg"]).format(**ctx).removeprefix("must be ")
+
+
+def _message(errs: list[dict], raw: dict) -> str:
+    "One line for the first pydantic error (all the branches of a union together): key, what it must be, the value."
+    err, loc = errs[0], _loc(errs[0])
     key, ctx = _dotted(loc) or "params", err.get("ctx") or {}
     value = _raw_at(raw, loc) if _raw_at(raw, loc) is not None else err.get("input")
     kind = err["type"]
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         parent = _dotted(loc[:-1]) or "params"
         return f"{key} is not a known parameter; allowed keys under {parent}: {_fields_at(Params, loc[:-1])}"
-    if kind == "literal_error":
-        return f"{key} must be one of [{ctx['expected'].replace(' or ', ', ')}], got {value!r}"
     if kind == "value_error":  # a class's own check: "url must be ..." names one of its fields
         text = str(ctx["error"])
         return f"{key}{'.' if text.split(' ', 1)[0] in _fields_at(Params, loc) else ' '}{text}"
-    want = _WANTS.get(kind, err["msg"]).format(**ctx)
-    return f"{key} {want}, got {value!r}"
+    wants = dict.fromkeys(_want(e) for e in errs if _loc(e) == loc)  # a union: every branch it could have been
+    return f"{key} must be {' or '.join(wants)}, got {value!r}"
 
 
 def build_params(raw: dict | None) -> Params:
@@ -321,7 +344,7 @@ def build_params(raw: dict | None) -> Params:
     try:
         return TypeAdapter(Params).validate_python(raw)
     except ValidationError as e:
-        raise ParamsError(_message(e.errors()[0], raw)) from None
+        raise ParamsError(_message(e.errors(), raw)) from None
 
 # %% ../nbs/00_config.ipynb #923cf3de
 def set_dotted(d: dict, dotted: str, value):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLASSES, log
-from .cache import normalize_batch
+from .cache import unit_batch
+from .model import cam_layer
 
 # %% auto #0
 __all__ = ['gradcam', 'overlay', 'pick_examples', 'gallery_figure', 'example_gallery']
@@ -51,7 +52,7 @@ def gradcam(model: nn.Module, images, targets: list[int] | None = None, target_l
     x = _as_nchw(images)
     if targets is not None and len(targets) != len(x):
         raise ValueError(f"{len(targets)} targets for {len(x)} images")
-    layer = model.layer4[-1] if target_layer is None else target_layer
+    layer = cam_layer(model, x.shape[-1]) if target_layer is None else target_layer
     device = next(model.parameters()).device
     modes = {m: m.training for m in model.modules()}  # GradCAM calls model.eval(); put back exactly what was there
     cam = GradCAM(model=model, target_layers=[layer])
@@ -59,8 +60,8 @@ def gradcam(model: nn.Module, images, targets: list[int] | None = None, target_l
     try:
         with torch.enable_grad():
             for s in range(0, len(x), batch_size):
-                # an input that requires grad makes layer4's output require grad even when the model is frozen
-                xb = normalize_batch(x[s:s + batch_size], device).requires_grad_(True)
+                # an input that requires grad makes the layer's output require grad even when the model is frozen
+                xb = unit_batch(x[s:s + batch_size], device).requires_grad_(True)
                 tb = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets[s:s + batch_size]]
                 out.append(cam(input_tensor=xb, targets=tb))
     finally:
@@ -72,7 +73,7 @@ def gradcam(model: nn.Module, images, targets: list[int] | None = None, target_l
         return np.zeros((0, x.shape[2], x.shape[3]), dtype=np.float32)
     return np.clip(np.concatenate(out), 0.0, 1.0).astype(np.float32)
 
-# %% ../nbs/12_explain.ipynb #47725de9
+# %% ../nbs/12_explain.ipynb #4205f6f4
 def overlay(image, cam, alpha: float = 0.4) -> np.ndarray:
     "The uint8 (H,W,3) image with the [0,1] heatmap `cam` blended over it at weight `alpha`."
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -88,7 +89,7 @@ def overlay(image, cam, alpha: float = 0.4) -> np.ndarray:
         c = F.interpolate(c[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     return show_cam_on_image(img, c.clamp(0, 1).numpy(), use_rgb=True, image_weight=1.0 - alpha)
 
-# %% ../nbs/12_explain.ipynb #5bc5df74
+# %% ../nbs/12_explain.ipynb #f6ed9865
 def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1) -> pd.DataFrame:
     "Per true class, melanoma first: the most confident correct and the most confident wrong predictions."
     classes = list(classes)
@@ -131,7 +132,7 @@ def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1
         log.info("pick_examples: %s", "; ".join(missing))
     return df
 
-# %% ../nbs/12_explain.ipynb #11e32d3a
+# %% ../nbs/12_explain.ipynb #61002bc4
 def gallery_figure(images, cams, titles=None, ncols: int = 4, alpha: float = 0.4, size: float = 2.0):
     "A matplotlib Figure of (image, Grad-CAM overlay) pairs, `ncols` pairs per row, one title per pair."
     from matplotlib.figure import Figure
@@ -157,7 +158,7 @@ def gallery_figure(images, cams, titles=None, ncols: int = 4, alpha: float = 0.4
         axes[r, 2 * c + 1].set_title("Grad-CAM", fontsize=8, loc="left")
     return fig
 
-# %% ../nbs/12_explain.ipynb #75bb9e72
+# %% ../nbs/12_explain.ipynb #0874e030
 def example_gallery(model: nn.Module, images, examples: pd.DataFrame, target: str = "pred", ncols: int = 4,
                     target_layer: nn.Module | None = None, classes=CLASSES):
     "Grad-CAM gallery of the `pick_examples` rows of the cache array `images` (explaining the `pred` or `true` class)."

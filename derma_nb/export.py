@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .cache import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
+from .cache import unit_batch
 from .config import CLASSES, load_params, log, write_json
 from .data import IMAGE_SUFFIXES, DataError, decode_for_model, scan_dataset
 from .metrics import HEADLINE, classification_metrics
@@ -71,7 +71,7 @@ def _export_dynamo(model, dummy, path, opset):
 # %% ../nbs/13_export.ipynb #28a3ce85
 def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int = 17, resize: str = "center_crop",
                 classes=CLASSES, exporter: str = "auto", **meta) -> Path:
-    "Export to ONNX (input `image` = normalized (batch,3,S,S), output `logits`), check it, write the sidecar JSON."
+    "Export to ONNX (input `image` = (batch,3,S,S) in [0,1], output `logits`), check it, write the sidecar JSON."
     import onnx
 
     if exporter not in EXPORTERS:
@@ -96,10 +96,11 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
     onnx.checker.check_model(str(path))  # by path: also works for models with external data
     proto = onnx.load(str(path), load_external_data=False)
     got_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    norm = {k: getattr(model, k).flatten().tolist() for k in ("mean", "std") if hasattr(model, k)}
     write_json(sidecar_path(path), {"format": ONNX_FORMAT, "classes": list(classes), "image_size": int(image_size),
-                                    "resize": resize, "input": "image", "output": "logits",
-                                    "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "opset": got_opset,
-                                    "exporter": used, "torch": torch.__version__, **meta})
+                                    "resize": resize, "input": "image: float32 (batch, 3, S, S), RGB in [0, 1]",
+                                    "output": "logits", "normalization": "inside the graph", **norm,
+                                    "opset": got_opset, "exporter": used, "torch": torch.__version__, **meta})
     log.info("exported ONNX (%s exporter, opset %d) -> %s", used, got_opset, path)
     return path
 
@@ -140,7 +141,7 @@ def export_checkpoint(model_path: str | Path, onnx_path: str | Path | None = Non
     "Export a `save_model` checkpoint to ONNX (default: next to it, `.onnx`) with its classes and preprocessing."
     model, meta = load_model(model_path)
     onnx_path = Path(model_path).with_suffix(".onnx") if onnx_path is None else Path(onnx_path)
-    extra = {k: meta[k] for k in ("arch",) if k in meta}
+    extra = {k: v for k, v in meta.items() if k not in ("format", "classes", "image_size", "resize", "mean", "std")}
     return export_onnx(model, onnx_path, meta["image_size"], opset, meta.get("resize", "center_crop"),
                        meta["classes"], exporter, source=str(model_path), **extra)
 
@@ -208,7 +209,7 @@ class Predictor:
                              f"{tuple(x.shape)}; decode files with decode_for_model or use predict_files")
         out = []
         for s in range(0, len(x), self.batch_size):
-            xb = normalize_batch(x[s:s + self.batch_size])
+            xb = unit_batch(x[s:s + self.batch_size])
             if self.kind == "onnx":
                 logits = self.session.run(["logits"], {"image": xb.numpy()})[0]
             else:

@@ -163,13 +163,16 @@ def results_table(run_dir: str | Path = ".") -> dict:
         lines.append(f"| {label} | " + " | ".join(vals) + " |")
     data_note = (f"{man.get('count')} images ({'SYNTHETIC' if man.get('synthetic') else 'real HAM10000'}), "
                  f"test split {test.get('n')} images (lesion-disjoint); 95% CIs from 1,000 lesion resamples")
-    ph1 = (f"phase 1 {p.train.phase1.epochs} epochs ({p.train.phase1.trains})" if p.train.phase1.epochs
+    ph1 = (f"phase 1 {p.train.phase1.epochs} epochs (head on the frozen backbone)" if p.train.phase1.epochs
            else "phase 1 skipped")
+    ph2 = p.train.phase2
+    trained = "everything" if ph2.unfreeze == "all" else f"the last {ph2.unfreeze} stage(s) + head"
+    views = f", the frozen part cached for {ph2.cache_views} dihedral views" if ph2.cache_views else ""
     best = train.get("best", {})
     balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
                                          ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
-    recipe = (f"{model_name}: {ph1}, phase 2 {p.train.phase2.epochs} epochs (trains {p.train.phase2.trains}, "
-              f"lr {p.train.phase2.lr:g}, {balance}, label smoothing {p.train.label_smoothing:g}); best: phase "
+    recipe = (f"{model_name}: {ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, "
+              f"label smoothing {p.train.label_smoothing:g}, test-time views {p.evaluate.tta_views}); best: phase "
               f"{best.get('phase')}, epoch {best.get('epoch')} by val "
               f"{best.get('metric')}; trained on {train.get('device')}")
     notes = [f"- **This run**: {data_note}. {recipe}. Random forest: {base.get('features')}, fit "

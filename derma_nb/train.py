@@ -20,16 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared, normalize_batch
+from .cache import BatchAugment, PreparedData, cache_loader, dihedral, epoch_sampler, load_prepared, unit_batch
 from .config import CLASSES, Params, PhaseParams, TrainParams, log, write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
 from .metrics import label_metrics
-from .model import backbone, build_model, param_groups, save_model, train_mode
+from .model import build_model, param_groups, save_model, split_frozen, train_mode
 
 # %% auto #0
 __all__ = ['class_weights', 'amp_dtype', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'forward_rows', 'predict_probs',
-           'FitState', 'run_key', 'save_checkpoint', 'load_checkpoint', 'Fit', 'fit_phase', 'FitResult',
-           'two_phase_fit', 'train_summary', 'train_model']
+           'FitState', 'run_key', 'save_checkpoint', 'load_checkpoint', 'Fit', 'FrozenCache', 'frozen_cache',
+           'phase_inputs', 'phase_net', 'fit_phase', 'FitResult', 'two_phase_fit', 'train_summary', 'train_model']
 
 # %% ../nbs/11_train.ipynb #bb0410b8
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -93,11 +93,11 @@ def run_epoch(net: nn.Module, batches, to_input: Callable, opt, sched, loss_fn, 
     return {"loss": tot / max(n, 1), "accuracy": correct / max(n, 1), "images": int(n),
             "images_per_s": round(n / secs, 1) if secs > 0 else None}
 
-# %% ../nbs/11_train.ipynb #258d5f0c
+# %% ../nbs/11_train.ipynb #d7ccef67
 @torch.no_grad()
 def forward_rows(net: nn.Module, images: np.ndarray, rows, batch_size: int = 128, device="cpu", amp: str = "auto",
-                 channels_last: bool = False) -> torch.Tensor:
-    "`net` (in eval mode) over cache rows in batches, normalized as in training; outputs stacked on the CPU."
+                 channels_last: bool = False, view: int = 0, dtype=torch.float32) -> torch.Tensor:
+    "`net` (in eval mode) over dihedral view `view` of cache rows in batches; outputs stacked on the CPU."
     device = torch.device(device)
     net.eval().to(device)
     dt, out = amp_dtype(device, amp), []
@@ -105,14 +105,16 @@ def forward_rows(net: nn.Module, images: np.ndarray, rows, batch_size: int = 128
                       pin_memory=device.type == "cuda")
     for x, _ in dl:
         with torch.autocast(device.type, dtype=dt, enabled=dt is not None):
-            out.append(net(normalize_batch(x, device, channels_last)).float().cpu())
+            out.append(net(unit_batch(dihedral(x, view), device, channels_last)).to(dtype).cpu())
     return torch.cat(out) if out else torch.zeros((0, len(CLASSES)))
 
 
 def predict_probs(model: nn.Module, images: np.ndarray, rows, batch_size: int = 128, device="cpu",
-                  amp: str = "auto", channels_last: bool = False) -> np.ndarray:
-    "Softmax probabilities (N, 7) of `model` on cache rows."
-    return torch.softmax(forward_rows(model, images, rows, batch_size, device, amp, channels_last), 1).numpy()
+                  amp: str = "auto", channels_last: bool = False, views: int = 1) -> np.ndarray:
+    "Softmax probabilities (N, 7) of `model` on cache rows, averaged over the first `views` dihedral views (TTA)."
+    probs = [torch.softmax(forward_rows(model, images, rows, batch_size, device, amp, channels_last, v), 1)
+             for v in range(views)]
+    return torch.stack(probs).mean(0).numpy()
 
 # %% ../nbs/11_train.ipynb #ea872398
 @dataclass
@@ -129,11 +131,11 @@ class FitState:
     complete: bool = False
 
 
-def run_key(cfg: TrainParams, seed: int, prep: PreparedData, model: nn.Module, arch: str) -> str:
+def run_key(cfg: TrainParams, seed: int, prep: PreparedData, model: nn.Module) -> str:
     "Identity of a training run: settings + seed + dataset + initial weights; a checkpoint resumes only the same run."
     h = hashlib.sha256(json.dumps({**asdict(cfg), "seed": seed}, sort_keys=True, default=str).encode())
     h.update(str(prep.manifest.get("dataset_sha256")).encode() + str(prep.manifest.get("image_size")).encode())
-    h.update(arch.encode())
+    h.update(model.arch.encode())
     for v in list(model.state_dict().values())[:3]:
         h.update(v.cpu().numpy().tobytes()[:4096])
     return h.hexdigest()[:16]
@@ -168,12 +170,12 @@ class Fit:
     cfg: TrainParams
     seed: int
     device: torch.device
-    arch: str
     ck_dir: Path
     key: str = ""
     channels_last: bool = False
     progress: bool = False
     on_epoch: Callable[[dict], None] | None = None
+    cache: "FrozenCache | None" = None
 
     def __post_init__(self):
         self.tr, self.va = self.prep.rows("train"), self.prep.rows("val")
@@ -185,54 +187,120 @@ class Fit:
         self.augment = BatchAugment(**asdict(self.cfg.augment))
         self.last, self.best_path = self.ck_dir / "last.pt", self.ck_dir / "best.pt"
 
-# %% ../nbs/11_train.ipynb #cd5496a1
+# %% ../nbs/11_train.ipynb #50958c2e
+@dataclass
+class FrozenCache:
+    "The frozen trunk's output (float16) for `views` dihedral views of the train and val rows: (views, N, C, H, W)."
+    unfreeze: int
+    views: int
+    train: torch.Tensor
+    val: torch.Tensor
+    seconds: float = 0.0
+
+
+def frozen_cache(fit: Fit, unfreeze: int, views: int) -> FrozenCache:
+    "Run the frozen trunk once over `views` dihedral views of the train and val rows (kept on the CPU, float16)."
+    t0 = time.perf_counter()
+    trunk, _ = split_frozen(fit.model, unfreeze)
+    acts = [torch.stack([forward_rows(trunk, fit.prep.images, rows, fit.cfg.eval_batch_size, fit.device, fit.cfg.amp,
+                                      fit.channels_last, v, torch.float16) for v in range(views)])
+            for rows in (fit.tr, fit.va)]
+    secs = time.perf_counter() - t0
+    log.info("frozen trunk run once: %d views of %d + %d images in %.1f s (%s, %.2f GB)", views, len(fit.tr),
+             len(fit.va), secs, tuple(acts[0].shape[2:]), sum(a.numel() * 2 for a in acts) / 1e9)
+    return FrozenCache(unfreeze, views, acts[0], acts[1], secs)
+
+# %% ../nbs/11_train.ipynb #ff580b65
 @torch.no_grad()
-def _validate(fit: Fit, feats=None) -> tuple[float, dict]:
-    "Validation loss and `label_metrics` (the head on cached features, or the whole network on the val rows)."
-    if feats is not None:
-        fit.model.fc.eval()
-        logits = fit.model.fc(feats.to(fit.device)).float().cpu()
-    else:
+def _over_views(net: nn.Module, acts: torch.Tensor, device, batch: int = 256) -> torch.Tensor:
+    "`net` (eval) over every view of cached activations: (V, N, ...) → (V, N, D), on the CPU."
+    net.eval()
+    return torch.stack([torch.cat([net(a[s:s + batch].to(device).float()).float().cpu() for s in
+                                   range(0, len(a), batch)]) for a in acts])
+
+
+def phase_inputs(fit: Fit, pi: int, ph: PhaseParams) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
+    "('features' | 'cached' | 'images', train inputs, val inputs) for phase `pi` (tensors are (views, N, ...))."
+    if pi == 0 and ph.unfreeze == 0 and not ph.augment and fit.cfg.features_phase1:
+        t0 = time.perf_counter()
+        if fit.cache is not None:
+            _, top = split_frozen(fit.model, fit.cache.unfreeze)
+            feats = [_over_views(top, a, fit.device) for a in (fit.cache.train, fit.cache.val)]
+        else:
+            trunk = nn.Sequential(*split_frozen(fit.model, 0))
+            feats = [forward_rows(trunk, fit.prep.images, rows, fit.cfg.eval_batch_size, fit.device, fit.cfg.amp,
+                                  fit.channels_last)[None] for rows in (fit.tr, fit.va)]
+        log.info("phase 1: backbone features of %d views computed once in %.1f s", feats[0].shape[0],
+                 time.perf_counter() - t0)
+        return "features", feats[0], feats[1]
+    if fit.cache is not None and ph.unfreeze == fit.cache.unfreeze and not ph.augment:
+        return "cached", fit.cache.train, fit.cache.val
+    return "images", None, None
+
+# %% ../nbs/11_train.ipynb #e36feca3
+class _TopHead(nn.Module):
+    "The trained top stages and the head over cached trunk activations."
+
+    def __init__(self, top: nn.Module, head: nn.Module):
+        super().__init__()
+        self.top, self.head = top, head
+
+    def forward(self, a):
+        return self.head(self.top(a))
+
+
+def phase_net(fit: Fit, kind: str) -> nn.Module:
+    "The module a phase runs on its inputs (sharing the model's weights)."
+    if kind == "features":
+        return fit.model.head
+    if kind == "cached":
+        return _TopHead(split_frozen(fit.model, fit.cache.unfreeze)[1], fit.model.head)
+    return fit.model
+
+
+@torch.no_grad()
+def _validate(fit: Fit, kind: str = "images", val=None) -> tuple[float, dict]:
+    "Validation loss and `label_metrics`: the phase's network on its val inputs (views averaged), or on the images."
+    if kind == "images":
         logits = forward_rows(fit.model, fit.prep.images, fit.va, fit.cfg.eval_batch_size, fit.device, fit.cfg.amp,
                               fit.channels_last)
+        probs = torch.softmax(logits, 1)
+    else:
+        logits = _over_views(phase_net(fit, kind), val, fit.device)
+        probs = torch.softmax(logits, 2).mean(0)
+        logits = logits[0] if len(logits) == 1 else probs.clamp_min(1e-12).log()  # one view: plain cross-entropy
     vloss = float(fit.val_loss_fn(logits.to(fit.device), torch.as_tensor(fit.y_va, device=fit.device)))
-    return vloss, label_metrics(fit.y_va, torch.softmax(logits, 1).numpy())
+    return vloss, label_metrics(fit.y_va, probs.numpy())
 
-
-def _batches(fit: Fit, pi: int, ep: int, feats=None):
-    "The training batches of epoch `ep` of phase `pi`: this rank's shard of the seeded order (images, or features)."
+# %% ../nbs/11_train.ipynb #8136b9f5
+def _batches(fit: Fit, pi: int, ep: int, kind: str = "images"):
+    "The training batches of epoch `ep` of phase `pi`: this rank's shard of the seeded order (images, or row indices)."
     r = ranks()
     order = ShardedSampler(epoch_sampler(fit.y_tr, shuffle=True, balanced=fit.cfg.balanced_sampler,
                                          seed=epoch_seed(fit.seed, pi, ep)), r.rank, r.world_size)
     dl = cache_loader(fit.prep.images, fit.tr, fit.y_tr, fit.cfg.batch_size, seed=epoch_seed(fit.seed, pi, ep),
                       drop_last=len(fit.tr) > fit.cfg.batch_size, pin_memory=fit.device.type == "cuda",
                       sampler=order)
-    if feats is None:
+    if kind == "images":
         return dl
     yt = torch.tensor(fit.y_tr)
-    return [(feats[idx], yt[idx]) for idx in dl.batch_sampler]  # the very same batches, as feature rows
+    return [(torch.as_tensor(idx), yt[idx]) for idx in dl.batch_sampler]  # the very same batches, as row indices
 
-# %% ../nbs/11_train.ipynb #704d3fb7
-def _to_input(fit: Fit, ph: PhaseParams, features: bool, g: torch.Generator) -> Callable:
-    "Batch → model input: cached features as they are; images to the device, augmented when the phase says so."
+
+def _to_input(fit: Fit, ph: PhaseParams, kind: str, inputs, g: torch.Generator) -> Callable:
+    "Batch → model input: tensor rows at a random view each, or images on the device (augmented if the phase says)."
+    def rows(idx):
+        v = torch.randint(len(inputs), (len(idx),), generator=g) if len(inputs) > 1 else torch.zeros(len(idx), dtype=torch.long)
+        return inputs[v, idx].to(fit.device, non_blocking=True).float()
+
     def images(x):
         xb = x.to(fit.device, non_blocking=True).float().div_(255)
         if ph.augment:
             xb = fit.augment(xb, generator=g)
-        return normalize_batch(xb, channels_last=fit.channels_last)
-    return (lambda x: x.to(fit.device)) if features else images
+        return xb.contiguous(memory_format=torch.channels_last) if fit.channels_last else xb
+    return images if kind == "images" else rows
 
-
-def _features(fit: Fit) -> tuple[torch.Tensor, torch.Tensor, float]:
-    "Phase 1's backbone features of the train and val rows, computed once (the backbone is frozen)."
-    t0 = time.perf_counter()
-    f = [forward_rows(backbone(fit.model), fit.prep.images, rows, fit.cfg.eval_batch_size, fit.device, fit.cfg.amp,
-                      fit.channels_last).to(fit.device) for rows in (fit.tr, fit.va)]
-    log.info("phase 1: backbone features computed once for %d + %d images in %.1f s", len(fit.tr), len(fit.va),
-             time.perf_counter() - t0)
-    return f[0], f[1], time.perf_counter() - t0
-
-# %% ../nbs/11_train.ipynb #c2e6abf9
+# %% ../nbs/11_train.ipynb #667c36b8
 def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict, val: tuple, lr: float,
                secs: float, opt, sched) -> None:
     "Record the epoch, keep the best weights, count stale epochs, stop early, checkpoint (rank 0; others follow)."
@@ -249,7 +317,7 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
     if improved:
         state.best = {"value": m[fit.cfg.select_metric], "metric": fit.cfg.select_metric, "phase": pi + 1,
                       "epoch": state.epoch + 1, "step": row["step"], "val": m}
-        save_model(fit.best_path, fit.model, fit.arch, int(fit.prep.manifest["image_size"]),
+        save_model(fit.best_path, fit.model, int(fit.prep.manifest["image_size"]),
                    fit.prep.manifest.get("resize", "center_crop"), phase=pi + 1, epoch=state.epoch + 1,
                    select_metric=fit.cfg.select_metric, val_metrics=m,
                    dataset_sha256=fit.prep.manifest.get("dataset_sha256"))
@@ -265,7 +333,7 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
     if fit.on_epoch:
         fit.on_epoch(row)
 
-# %% ../nbs/11_train.ipynb #88b17425
+# %% ../nbs/11_train.ipynb #58c953a3
 def _start_phase(fit: Fit, pi: int, state: FitState) -> None:
     "Phase 2 starts from phase 1's best weights (from the checkpoint folder), on every rank."
     if pi == 1 and state.epoch == 0 and state.best.get("phase") == 1:
@@ -279,35 +347,34 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
     "Run phase `pi` (0: head, 1: fine-tune) from `state` to its end; `saved` holds optimizer/scheduler state to resume."
     ph = (fit.cfg.phase1, fit.cfg.phase2)[pi]
     _start_phase(fit, pi, state)
-    opt = torch.optim.AdamW(param_groups(fit.model, ph.trains, ph.lr, ph.weight_decay), lr=ph.lr,
-                            weight_decay=ph.weight_decay)
-    use_feats = pi == 0 and ph.trains == "head" and not ph.augment and fit.cfg.features_phase1
-    f_tr = f_va = None
-    if use_feats:
-        f_tr, f_va, state.timings["features_seconds"] = _features(fit)
-    n_batches = len(_batches(fit, pi, 0, f_tr))
-    sched = lr_schedule(opt, ph, n_batches)
+    opt = torch.optim.AdamW(param_groups(fit.model, ph.unfreeze, ph.lr, ph.weight_decay,
+                                         ph.lr * ph.head_lr_factor), lr=ph.lr, weight_decay=ph.weight_decay)
+    t_in = time.perf_counter()
+    kind, x_tr, x_va = phase_inputs(fit, pi, ph)
+    if kind == "features":
+        state.timings["features_seconds"] = round(time.perf_counter() - t_in, 3)
+    sched = lr_schedule(opt, ph, len(_batches(fit, pi, 0, kind)))
     if saved and saved.get("optimizer"):
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
-    net = wrap(fit.model.fc if use_feats else fit.model, fit.device)
+    net = wrap(phase_net(fit, kind), fit.device)
     scaler = torch.amp.GradScaler("cuda", enabled=fit.amp == torch.float16)
     while state.epoch < ph.epochs:
         es = epoch_seed(fit.seed, pi, state.epoch, ranks().rank)
         torch.manual_seed(es)  # dropout and anything else drawing from the global generator
-        g = torch.Generator(device=fit.device).manual_seed(es)
-        fit.model.fc.train() if use_feats else train_mode(fit.model, ph.trains)
+        g = torch.Generator(device=fit.device if kind == "images" else "cpu").manual_seed(es)
+        fit.model.head.train() if kind == "features" else train_mode(fit.model, ph.unfreeze)
         t0, lr = time.perf_counter(), sched.get_last_lr()[0]
-        stats = run_epoch(net, _batches(fit, pi, state.epoch, f_tr), _to_input(fit, ph, use_feats, g), opt, sched,
+        stats = run_epoch(net, _batches(fit, pi, state.epoch, kind), _to_input(fit, ph, kind, x_tr, g), opt, sched,
                           fit.loss_fn, scaler, fit.amp, fit.device, f"phase{pi + 1} epoch {state.epoch + 1}",
                           fit.progress and ranks().main)
-        val = _validate(fit, f_va) if ranks().main else None
+        val = _validate(fit, kind, x_va) if ranks().main else None
         if ranks().main:
             _end_epoch(fit, pi, ph, state, stats, val, lr, time.perf_counter() - t0, opt, sched)
         state.__dict__.update(broadcast(asdict(state)))
         barrier()
 
-# %% ../nbs/11_train.ipynb #0812e956
+# %% ../nbs/11_train.ipynb #9c5fb85d
 @dataclass
 class FitResult:
     "What training produced: history, best epoch, the best model file, timings, device."
@@ -330,9 +397,9 @@ def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
     broadcast_module(fit.model)
     return state, ck
 
-# %% ../nbs/11_train.ipynb #a76de636
+# %% ../nbs/11_train.ipynb #af4a6b90
 def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_dir: str | Path, device="cpu",
-                  arch: str = "resnet50", seed: int = 0, checkpoint_dir: str | Path | None = None,
+                  seed: int = 0, checkpoint_dir: str | Path | None = None,
                   resume: bool = True, on_epoch: Callable[[dict], None] | None = None,
                   progress: bool = False) -> FitResult:
     "Phase 1 (head on the frozen backbone) then phase 2 (fine-tune), resumable; the model ends with the best weights."
@@ -345,9 +412,13 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     model.to(device)
     if cl:
         model.to(memory_format=torch.channels_last)
-    fit = Fit(model, prep, cfg, seed, device, arch, ck_dir, channels_last=cl, progress=progress, on_epoch=on_epoch)
-    fit.key = run_key(cfg, seed, prep, model, arch)
+    fit = Fit(model, prep, cfg, seed, device, ck_dir, channels_last=cl, progress=progress, on_epoch=on_epoch)
+    fit.key = run_key(cfg, seed, prep, model)
     state, ck = _resume(fit, resume)
+    p2 = cfg.phase2
+    if p2.cache_views and p2.epochs and not state.complete:  # the frozen trunk, run once for both phases
+        fit.cache = frozen_cache(fit, p2.unfreeze, p2.cache_views)
+        state.timings["cache_seconds"] = round(fit.cache.seconds, 3)
     for pi in (0, 1):
         if pi < state.phase or (cfg.phase1, cfg.phase2)[pi].epochs == 0 or state.complete:
             continue
@@ -366,7 +437,7 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     return FitResult(pd.DataFrame(state.history), dict(state.best), out / "best.pt", state.timings, str(device),
                      ranks().world_size)
 
-# %% ../nbs/11_train.ipynb #40ab5266
+# %% ../nbs/11_train.ipynb #03d0215c
 def train_summary(res: FitResult, p: Params) -> dict:
     "metrics/train.json: the best epoch and its validation metrics, epochs run, device, model, timings."
     b = res.best
@@ -380,7 +451,7 @@ def train_model(p: Params, device, on_epoch: Callable[[dict], None] | None = Non
     "The train stage: the prepared cache, the model, `two_phase_fit`; rank 0 writes train.json and history.csv."
     prep = load_prepared(p.prepare.out)
     model = build_model(p.model.arch, p.model.weights, dropout=p.model.dropout)
-    res = two_phase_fit(model, prep, p.train, p.train.out, device, p.model.arch, p.seed, p.train.checkpoints,
+    res = two_phase_fit(model, prep, p.train, p.train.out, device, p.seed, p.train.checkpoints,
                         resume, on_epoch, progress)
     if ranks().main:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)

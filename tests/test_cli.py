@@ -38,7 +38,7 @@ def test_run_profile_is_named_experiment(tmp_path, monkeypatch):
                                        "-S", "train.phase2.epochs=3", "--", "-n", "short"])
     assert cmd[:3] == ["dvc", "exp", "run"]
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
-    assert "model.arch=\"resnet18\"" in sets and "train.phase2.epochs=3" in sets and "data.dir=\"mydata\"" in sets
+    assert "model.arch=\"tf_efficientnet_lite0\"" in sets and "train.phase2.epochs=3" in sets and "data.dir=\"mydata\"" in sets
     assert "--" not in cmd and cmd[-2:] == ["-n", "short"]  # the separator is not passed to DVC
 
 
@@ -55,10 +55,10 @@ def test_run_profile_names_params_left_over_from_an_earlier_experiment(tmp_path,
     assert "differs from the committed one" not in caplog.text  # clean workspace: nothing to say
 
     text = (tmp_path / "params.yaml").read_text()
-    assert "schedule: cosine" in text and "arch: resnet50" in text
+    assert "schedule: cosine" in text and "arch: tf_efficientnet_lite0" in text
     # what a previous experiment leaves behind: one key the profile does not set, one it does
     (tmp_path / "params.yaml").write_text(text.replace("schedule: cosine", "schedule: constant", 1)
-                                          .replace("arch: resnet50", "arch: resnet34", 1))
+                                          .replace("arch: tf_efficientnet_lite0", "arch: resnet34", 1))
     caplog.clear()
     cmd = _run(tmp_path, monkeypatch, argv)
     assert "1 key(s)" in caplog.text and "train.phase1.schedule=constant (committed: cosine)" in caplog.text

@@ -15,8 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from derma_nb.cache import (IMAGENET_MEAN, IMAGENET_STD, BatchAugment, cache_loader, load_prepared, normalize_batch,
-                            prepare_dataset)
+from derma_nb.cache import BatchAugment, cache_loader, dihedral, load_prepared, prepare_dataset, unit_batch
 from derma_nb.config import CLASSES, SampleParams
 from derma_nb.data import DataError, DataReport, decode_for_model, load_rgb, read_metadata, scan_dataset
 from derma_nb.sample import is_synthetic, make_synthetic_sample
@@ -855,15 +854,22 @@ def test_cached_images_length_mismatch():
         cache_loader(np.zeros((3, 4, 4, 3), np.uint8), [0, 1, 2], [0, 1])
 
 
-def test_normalize_batch():
+def test_unit_batch_scales_to_unit_range_on_the_device_layout():
     x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     x[1] = 255
-    y = normalize_batch(x)
-    assert y.dtype == torch.float32 and y.shape == x.shape
-    for c in range(3):
-        assert torch.allclose(y[0, c], torch.tensor(-IMAGENET_MEAN[c] / IMAGENET_STD[c]))
-        assert torch.allclose(y[1, c], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
-    assert normalize_batch(x, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    y = unit_batch(x)
+    assert y.dtype == torch.float32 and y.shape == x.shape and y[0].max() == 0 and y[1].min() == 1
+    assert unit_batch(x, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_dihedral_views_are_the_eight_symmetries():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    views = [dihedral(x, k) for k in range(8)]
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert torch.equal(views[1], x.flip(-1)) and torch.equal(views[2], x.flip(-2))
+    assert torch.equal(views[4], torch.rot90(x, 1, (-2, -1)))
+    with pytest.raises(ValueError, match="0..7"):
+        dihedral(x, 8)
 
 
 def test_batch_augment():

@@ -23,7 +23,7 @@ import yaml
 from derma_nb.cache import load_prepared, prepare_dataset
 from derma_nb.config import CLASSES, PhaseParams, TrainParams, seed_everything
 from derma_nb.distributed import ShardedSampler, cleanup_distributed, init_distributed, ranks, wrap
-from derma_nb.model import build_model, load_model, set_phase
+from derma_nb.model import build_model, load_model, set_trainable
 from derma_nb.sample import make_synthetic_sample
 from derma_nb.train import predict_probs, two_phase_fit
 
@@ -79,7 +79,7 @@ def _grad_worker(rank, out):
     # Everything trains, BatchNorm in eval mode (running statistics): in train mode each rank would normalize its
     # half with that half's statistics, a different function from the whole batch's. In eval mode each image's loss
     # depends on that image only, so the average of the halves' mean-loss gradients is the global mean's gradient.
-    set_phase(model, "all").eval()
+    set_trainable(model, "all").eval()
     x = torch.randn(12, 3, 32, 32)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 5, 5, 5, 2, 1])
     ref = copy.deepcopy(model)
@@ -98,7 +98,7 @@ def test_ddp_gradient_average_equals_single_process_gradient(tmp_path):
     spawn(_grad_worker, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"grads{r}.pt") for r in range(WORLD))
     ref = r0["ref"]
-    assert set(ref) == set(r0["grads"]) and len(ref) == 62  # every parameter of ResNet18, conv1 to fc
+    assert set(ref) == set(r0["grads"]) and len(ref) == 62  # every parameter of ResNet18, conv1 to the head
     diff = max(float((r0["grads"][n] - ref[n]).abs().max()) for n in ref)
     assert diff < 1e-5, diff
     for n in ref:  # after the all-reduce the ranks hold the very same gradients
@@ -118,7 +118,7 @@ def test_shards_partition_each_epoch_and_are_equally_long():
 
 def cfg():
     return TrainParams(phase1=PhaseParams(epochs=1, lr=3e-3), batch_size=8,
-                       phase2=PhaseParams(epochs=1, lr=1e-3, trains="layer4", augment=True))
+                       phase2=PhaseParams(epochs=1, lr=1e-3, unfreeze=1, augment=True))
 
 
 def _fit_worker(rank, prep_dir, tmp):
@@ -126,7 +126,7 @@ def _fit_worker(rank, prep_dir, tmp):
     seed_everything(rank)  # rank 1 builds other weights on purpose: every rank must start from rank 0's
     model = build_model("resnet18")
     rows = []
-    r = two_phase_fit(model, prep, cfg(), tmp / f"out{rank}", arch="resnet18", checkpoint_dir=tmp / f"ck{rank}",
+    r = two_phase_fit(model, prep, cfg(), tmp / f"out{rank}", checkpoint_dir=tmp / f"ck{rank}",
                       on_epoch=rows.append)
     torch.save({"history": r.history, "best": r.best, "world_size": r.world_size, "callback_rows": rows,
                 "state": model.state_dict()}, tmp / "results" / f"rank{rank}.pt")
@@ -160,10 +160,10 @@ def test_two_process_fit_agrees_across_ranks_and_writes_on_rank_0_only(prep_dir,
 
 def test_torchrun_launches_derma_nb_train(prep_dir, tmp_path):
     params = {"seed": 0, "device": "cpu", "prepare": {"out": str(prep_dir), "image_size": 32},
-              "model": {"arch": "resnet18"},
+              "model": {"arch": "resnet18", "weights": "none"},
               "train": {"phase1": {"epochs": 1, "lr": 3e-3}, "batch_size": 8, "out": str(tmp_path / "model"),
                         "checkpoints": str(tmp_path / "ck"),
-                        "phase2": {"epochs": 1, "lr": 1e-3, "trains": "layer4", "augment": True}}}
+                        "phase2": {"epochs": 1, "lr": 1e-3, "unfreeze": 1, "augment": True}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from derma_nb.config import CLASSES
-from derma_nb.cache import normalize_batch
+from derma_nb.cache import unit_batch
 from derma_nb.data import decode_for_model
 from derma_nb.sample import make_synthetic_sample
 from derma_nb.explain import example_gallery, gallery_figure, gradcam, overlay, pick_examples
-from derma_nb.model import build_model, set_phase, train_mode
+from derma_nb.model import build_model, set_trainable, train_mode
 
 K = len(CLASSES)
 MEL, NV, BCC, DF = (CLASSES.index(c) for c in ("mel", "nv", "bcc", "df"))
@@ -47,7 +47,7 @@ def test_cam_layouts_agree_and_none_means_predicted(model, images):
     b = gradcam(model, torch.from_numpy(images).permute(0, 3, 1, 2))
     np.testing.assert_allclose(a, b, atol=1e-5)
     with torch.no_grad():
-        pred = model(normalize_batch(torch.from_numpy(images).permute(0, 3, 1, 2))).argmax(1).tolist()
+        pred = model(unit_batch(torch.from_numpy(images).permute(0, 3, 1, 2))).argmax(1).tolist()
     np.testing.assert_allclose(gradcam(model, images, pred), a, atol=1e-5)
 
 
@@ -59,14 +59,14 @@ def test_cam_differs_for_different_targets(model, images):
 
 def test_cam_on_frozen_model_leaves_it_as_it_was(images):
     m = build_model("resnet18", "none")
-    set_phase(m, "head")
-    train_mode(m, "head")
+    set_trainable(m, 0)
+    train_mode(m, 0)
     modes = {n: mod.training for n, mod in m.named_modules()}
-    cams = gradcam(m, images[:2], target_layer=m.layer3[-1])
+    cams = gradcam(m, images[:2], target_layer=m.body.layer3[-1])
     assert cams.shape == (2, 64, 64) and cams.max() > 0
     assert {n: mod.training for n, mod in m.named_modules()} == modes
     assert all(p.grad is None for p in m.parameters())
-    assert [p.requires_grad for p in m.parameters()].count(True) == 2  # fc weight and bias only
+    assert [p.requires_grad for p in m.parameters()].count(True) == 2  # the head's weight and bias only
 
 
 def test_cam_input_checks(model, images):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from derma_nb.config import CLASSES
-from derma_nb.cache import normalize_batch, prepare_dataset
+from derma_nb.cache import prepare_dataset, unit_batch
 from derma_nb.data import DataError
 from derma_nb.sample import make_synthetic_sample
 from derma_nb.export import (Predictor, _ort_session, export_checkpoint, export_onnx, onnx_parity, predict_main,
@@ -44,7 +44,7 @@ def exported(tmp_path_factory):
 
 def test_onnx_parity_and_dynamic_batch(exported):
     m, path = exported
-    x = torch.randn(5, 3, 64, 64)
+    x = torch.rand(5, 3, 64, 64)
     assert onnx_parity(m, path, x) <= 1e-4  # batch 1 and 5
     assert onnx_parity(m, path, x, batch_sizes=[3]) <= 1e-4
     sess = _ort_session(path)
@@ -75,7 +75,7 @@ def test_dynamo_exporter_as_fallback(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="removed"):
         export_onnx(m, tmp_path / "l.onnx", image_size=32, exporter="legacy")
     path = export_onnx(m, tmp_path / "d.onnx", image_size=32)  # auto: falls back to dynamo
-    assert onnx_parity(m, path, torch.randn(4, 3, 32, 32)) <= 1e-4
+    assert onnx_parity(m, path, torch.rand(4, 3, 32, 32)) <= 1e-4
     assert read_sidecar(path)["exporter"] == "dynamo" and read_sidecar(path)["opset"] >= 18
     assert not (tmp_path / "d.onnx.data").exists()  # one self-contained file
 
@@ -83,7 +83,7 @@ def test_dynamo_exporter_as_fallback(tmp_path, monkeypatch):
 def test_predictor_pt_and_onnx_agree(sample, tmp_path):
     tmp, data, prep = sample
     files = sorted((data / "images").glob("*.jpg"))[:6]
-    ckpt = save_model(tmp_path / "m.pt", small_model(), "resnet18", image_size=48)
+    ckpt = save_model(tmp_path / "m.pt", small_model(), image_size=48)
     onnx_path = export_checkpoint(ckpt)
     assert onnx_path == tmp_path / "m.onnx" and sidecar_path(onnx_path).exists()
     a, b = Predictor(ckpt).predict_files(files), Predictor(onnx_path).predict_files(files)
@@ -97,13 +97,13 @@ def test_predictor_pt_and_onnx_agree(sample, tmp_path):
 def test_predict_files_equals_model_on_cached_rows(sample, tmp_path):
     tmp, data, prep = sample
     model = small_model(2)
-    ckpt = save_model(tmp_path / "m.pt", model, "resnet18", image_size=32, resize=prep.manifest["resize"])
+    ckpt = save_model(tmp_path / "m.pt", model, image_size=32, resize=prep.manifest["resize"])
     rows = np.arange(len(prep.table))
     paths = [data / "images" / f"{i}.jpg" for i in prep.table.image_id[rows]]
     p = Predictor(ckpt)
     assert np.array_equal(np.stack([p.load_image(f) for f in paths]), prep.images[rows])  # same pixels
     with torch.no_grad():
-        ref = torch.softmax(model(normalize_batch(torch.from_numpy(prep.images[rows]).permute(0, 3, 1, 2))), 1).numpy()
+        ref = torch.softmax(model(unit_batch(torch.from_numpy(prep.images[rows]).permute(0, 3, 1, 2))), 1).numpy()
     got = p.predict_files(paths)
     assert np.abs(got[PROBS].to_numpy() - ref).max() <= 1e-5
     assert np.abs(p.predict_arrays(prep.images[rows]) - ref).max() <= 1e-5
@@ -113,7 +113,7 @@ def test_predict_files_equals_model_on_cached_rows(sample, tmp_path):
 
 def test_unreadable_files_are_named(sample, tmp_path):
     tmp, data, prep = sample
-    ckpt = save_model(tmp_path / "m.pt", small_model(), "resnet18", image_size=32)
+    ckpt = save_model(tmp_path / "m.pt", small_model(), image_size=32)
     good = sorted((data / "images").glob("*.jpg"))[0]
     bad = tmp_path / "broken_lesion.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole JPEG")
@@ -143,14 +143,14 @@ def test_predictor_errors(tmp_path):
     sidecar_path(tmp_path / "bad.onnx").write_text('{"format": "derma_nb.onnx/1", "classes": [], "image_size": 32}')
     with pytest.raises(ModelFileError, match="bad.onnx: not a readable ONNX model"):
         Predictor(tmp_path / "bad.onnx")
-    ckpt = save_model(tmp_path / "m.pt", m, "resnet18", image_size=32)
+    ckpt = save_model(tmp_path / "m.pt", m, image_size=32)
     with pytest.raises(ValueError, match="32x32"):
         Predictor(ckpt).predict_arrays(np.zeros((2, 64, 64, 3), np.uint8))
 
 
 def test_predict_main_formats(sample, tmp_path):
     tmp, data, prep = sample
-    ckpt = save_model(tmp_path / "m.pt", small_model(), "resnet18", image_size=32)
+    ckpt = save_model(tmp_path / "m.pt", small_model(), image_size=32)
     files = sorted((data / "images").glob("*.jpg"))[:3]
     table = predict_main(files, ckpt)
     assert all(str(f) in table for f in files) and "prob_mel" in table

@@ -127,13 +127,13 @@ def test_one_offline_clearml_session_per_stage(run):
     assert len(run_ids) == 1, f"all stages of one run share its id: {run_ids}"
     assert sessions["prepare"]["properties"]["dataset_sha256"]
     assert {"manifest.json", "splits.csv", "report.json"} <= set(sessions["prepare"]["artifacts"])
-    assert sessions["train"]["params"]["train/phase2/trains"] == "layer4"  # ClearML flattens nested params
-    assert sessions["train"]["params"]["model/arch"] == "resnet50"
+    assert sessions["train"]["params"]["train/phase2/unfreeze"] == 1  # ClearML flattens nested params
+    assert sessions["train"]["params"]["model/arch"] == "tf_efficientnet_lite0"
     assert not any(k.startswith("model/") for k in sessions["eda"]["params"]), "only the params a stage reads"
     val = sessions["train"]["scalars"]
     assert any("macro_f1" in series for graph in val.values() for series in graph), val.keys()
     # models by reference (URI + sha256): the sessions stay small
-    assert sessions["train"]["properties"]["model resnet50-best"].endswith("artifacts/model/best.pt")
+    assert sessions["train"]["properties"]["model tf_efficientnet_lite0-best"].endswith("artifacts/model/best.pt")
     assert sessions["export"]["properties"]["model onnx"].endswith("artifacts/export/model.onnx")
     assert all((repo / "reports" / "clearml" / f"{s}.zip").stat().st_size < 1_000_000 for s in STAGES)
     shas = {sessions[s]["properties"]["model_sha256"] for s in ("train", "evaluate", "explain", "export")}
@@ -142,7 +142,7 @@ def test_one_offline_clearml_session_per_stage(run):
     ev = sessions["evaluate"]
     decision = json.loads((repo / "reports/promotion.json").read_text())["decision"]
     assert decision in ev["tags"] and "promotion.json" in ev["artifacts"]
-    assert ev["properties"][f"model resnet50-{decision}"].endswith("artifacts/model/best.pt")
+    assert ev["properties"][f"model tf_efficientnet_lite0-{decision}"].endswith("artifacts/model/best.pt")
     assert sessions["explain"]["plots"] or sessions["explain"]["images"]
 
 

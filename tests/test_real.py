@@ -1,7 +1,7 @@
 """The `real` profile end to end on a small lesion-disjoint slice of the real HAM10000 subset (skipped without it).
 
 The slice keeps whole lesions (20 per class at most) so the lesion-grouped split still applies; the profile's
-epochs and image size are overridden with -S to fit in a few minutes. Then `predict` on the original test files must
+epochs, image size and views are overridden with -S to fit in a few minutes. Then `predict` on the original test files must
 reproduce the evaluate stage exactly.
 """
 import json
@@ -37,8 +37,9 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     data = real_slice(tmp_path / "slice")
     repo = tmp_path / "repo"
     env = copy_repo(repo)
-    cmd = (f"derma-nb run --profile real -S data.dir={data} -S train.phase2.epochs=2 -S prepare.image_size=32 "
-           f"-S evaluate.n_boot=100 -S baseline.n_estimators=50")
+    cmd = (f"derma-nb run --profile real -S data.dir={data} -S train.phase1.epochs=2 -S train.phase2.epochs=2 "
+           f"-S train.phase2.cache_views=2 -S prepare.image_size=32 -S evaluate.n_boot=100 -S evaluate.tta_views=1 "
+           f"-S baseline.n_estimators=50")
     r = subprocess.run(cmd, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     ran = set(re.findall(r"Running stage '(\w+)'", r.stdout + r.stderr))
@@ -49,9 +50,10 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     assert table.groupby("lesion_id").split.nunique().max() == 1
     assert (table.groupby(["dx", "split"]).size().unstack().reindex(columns=["train", "val", "test"]) > 0).all().all()
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert train["arch"] == "resnet18" and train["epochs_run"] == 2  # the profile: from scratch, one phase
+    assert train["arch"] == "tf_efficientnet_lite0" and train["weights"] == "imagenet" and train["epochs_run"] == 4
+    assert train["timings"]["cache_seconds"] > 0  # phase 2 on the frozen part's cached views
     hist = pd.read_csv(repo / "plots/history.csv")
-    assert set(hist.phase) == {2}
+    assert list(hist.phase) == [1, 1, 2, 2]
     test = json.loads((repo / "metrics/test.json").read_text())
     assert 0 <= test["accuracy"] <= 1 and test["ci"]["accuracy"]["low"] <= test["accuracy"]
     assert "HAM10000" in (repo / "reports/index.html").read_text()

@@ -20,7 +20,7 @@ def prep(tmp_path_factory):
 
 def cfg(e1=2, e2=2, **kw):
     return TrainParams(phase1=PhaseParams(epochs=e1, lr=3e-3), batch_size=16, **kw,
-                       phase2=PhaseParams(epochs=e2, lr=1e-3, trains="layer4", augment=True))
+                       phase2=PhaseParams(epochs=e2, lr=1e-3, unfreeze=1, augment=True))
 
 
 class Interrupted(Exception):
@@ -47,42 +47,42 @@ def snapshot(m):
 def test_phase1_changes_only_the_head_and_phase2_only_layer4_and_head(prep, tmp_path):
     m = fresh()
     s0 = snapshot(m)
-    two_phase_fit(m, prep, cfg(2, 0), tmp_path / "a", arch="resnet18")
+    two_phase_fit(m, prep, cfg(2, 0), tmp_path / "a")
     s1 = snapshot(m)
     changed = {k for k in s0 if not torch.equal(s0[k], s1[k])}
-    assert changed == {"fc.weight", "fc.bias"}, changed  # BatchNorm running stats of the backbone included
-    two_phase_fit(m, prep, cfg(0, 1), tmp_path / "b", arch="resnet18")
+    assert changed == {"head.weight", "head.bias"}, changed  # BatchNorm running stats of the backbone included
+    two_phase_fit(m, prep, cfg(0, 1), tmp_path / "b")
     s2 = snapshot(m)
     changed2 = {k for k in s1 if not torch.equal(s1[k], s2[k])}
-    assert any(k.startswith("layer4.") and k.endswith("weight") for k in changed2)
-    assert all(k.startswith(("layer4.", "fc.")) for k in changed2), changed2 - {k for k in changed2 if k.startswith(("layer4.", "fc."))}
+    assert any(k.startswith("body.layer4.") and k.endswith("weight") for k in changed2)
+    assert all(k.startswith(("body.layer4.", "head.")) for k in changed2), changed2
 
 
 def test_phase1_from_features_equals_phase1_through_backbone(prep, tmp_path):
     a, b = fresh(), fresh()
-    ra = two_phase_fit(a, prep, cfg(2, 0), tmp_path / "a", arch="resnet18")
-    rb = two_phase_fit(b, prep, cfg(2, 0, features_phase1=False), tmp_path / "b", arch="resnet18")
-    assert torch.allclose(a.fc.weight, b.fc.weight, atol=1e-4)
+    ra = two_phase_fit(a, prep, cfg(2, 0), tmp_path / "a")
+    rb = two_phase_fit(b, prep, cfg(2, 0, features_phase1=False), tmp_path / "b")
+    assert torch.allclose(a.head.weight, b.head.weight, atol=1e-4)
     assert np.allclose(ra.history.val_macro_f1, rb.history.val_macro_f1)
 
 
 def test_same_seed_same_metrics(prep, tmp_path):
-    r1 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "a", arch="resnet18")
-    r2 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "b", arch="resnet18")
+    r1 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "a")
+    r2 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "b")
     cols = ["train_loss", "val_loss", "val_accuracy", "val_weighted_f1", "val_macro_f1"]
     pd.testing.assert_frame_equal(r1.history[cols], r2.history[cols])
-    r3 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "c", arch="resnet18", seed=1)
+    r3 = two_phase_fit(fresh(), prep, cfg(), tmp_path / "c", seed=1)
     assert not r1.history.train_loss.equals(r3.history.train_loss)
 
 
 @pytest.mark.parametrize("after", [1, 2, 3])  # in phase 1, at the end of phase 1, inside phase 2
 def test_resume_after_interrupt_gives_the_same_result(prep, tmp_path, after):
     full = fresh()
-    r_full = two_phase_fit(full, prep, cfg(), tmp_path / "full", arch="resnet18")
+    r_full = two_phase_fit(full, prep, cfg(), tmp_path / "full")
     with pytest.raises(Interrupted):
-        two_phase_fit(fresh(), prep, cfg(), tmp_path / "cut", arch="resnet18", on_epoch=stop_after(after))
+        two_phase_fit(fresh(), prep, cfg(), tmp_path / "cut", on_epoch=stop_after(after))
     resumed = fresh()  # a new process would build the model again, then resume from last.pt
-    r_res = two_phase_fit(resumed, prep, cfg(), tmp_path / "cut", arch="resnet18")
+    r_res = two_phase_fit(resumed, prep, cfg(), tmp_path / "cut")
     assert len(r_res.history) == len(r_full.history)
     pd.testing.assert_frame_equal(r_full.history.drop(columns=["seconds", "images_per_s"]),
                                   r_res.history.drop(columns=["seconds", "images_per_s"]))
@@ -93,14 +93,14 @@ def test_resume_after_interrupt_gives_the_same_result(prep, tmp_path, after):
 
 def test_changed_settings_do_not_resume_a_stale_checkpoint(prep, tmp_path):
     with pytest.raises(Interrupted):
-        two_phase_fit(fresh(), prep, cfg(), tmp_path / "m", arch="resnet18", on_epoch=stop_after(1))
-    r = two_phase_fit(fresh(), prep, cfg(label_smoothing=0.1), tmp_path / "m", arch="resnet18")
+        two_phase_fit(fresh(), prep, cfg(), tmp_path / "m", on_epoch=stop_after(1))
+    r = two_phase_fit(fresh(), prep, cfg(label_smoothing=0.1), tmp_path / "m")
     assert len(r.history) == 4 and r.history.step.tolist() == [1, 2, 3, 4]
 
 
 def test_best_checkpoint_is_the_best_val_epoch_and_loads(prep, tmp_path):
     m = fresh()
-    r = two_phase_fit(m, prep, cfg(3, 2), tmp_path / "m", arch="resnet18")
+    r = two_phase_fit(m, prep, cfg(3, 2), tmp_path / "m")
     h = r.history
     assert r.best["value"] == pytest.approx(h.val_macro_f1.max())
     best_row = h.loc[h.val_macro_f1.idxmax()]
@@ -118,7 +118,7 @@ def test_best_checkpoint_is_the_best_val_epoch_and_loads(prep, tmp_path):
 def test_early_stopping_stops_a_phase(prep, tmp_path):
     c = TrainParams(phase1=PhaseParams(epochs=20, lr=1e-9, patience=2, schedule="constant"),
                     phase2=PhaseParams(epochs=0), batch_size=16)
-    r = two_phase_fit(fresh(), prep, c, tmp_path / "m", arch="resnet18")
+    r = two_phase_fit(fresh(), prep, c, tmp_path / "m")
     assert len(r.history) == 3  # first epoch sets the best, two more without improvement
 
 
@@ -128,17 +128,16 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_balanced_sampler_trains(prep, tmp_path):
-    r = two_phase_fit(fresh(), prep, cfg(1, 1, balanced_sampler=True, class_weights=False), tmp_path / "m",
-                      arch="resnet18")
+    r = two_phase_fit(fresh(), prep, cfg(1, 1, balanced_sampler=True, class_weights=False), tmp_path / "m")
     assert len(r.history) == 2 and np.isfinite(r.history.train_loss).all()
 
 
 def test_a_finished_run_is_restored_not_retrained(prep, tmp_path):
-    r1 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", arch="resnet18")
+    r1 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m")
     (tmp_path / "m" / "best.pt").unlink()  # DVC deletes a stage's outputs before running it again
     rows = []
-    r2 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", arch="resnet18", on_epoch=rows.append)
+    r2 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", on_epoch=rows.append)
     assert rows == [] and r2.best == r1.best and r2.best_path.exists()
     pd.testing.assert_frame_equal(r1.history, r2.history)
-    r3 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", arch="resnet18", resume=False, on_epoch=rows.append)
+    r3 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", resume=False, on_epoch=rows.append)
     assert len(rows) == 2 and r3.best["value"] == r1.best["value"]  # asked to start over: trained again, same result
