@@ -108,7 +108,7 @@ def bench_phase1(ctx, n=512, batch=32):
     "Head training per image: from features computed once vs through the frozen backbone every step."
     from derma_nb.cache import normalize_batch
     from derma_nb.model import backbone, build_model, set_phase, train_mode
-    from derma_nb.train import forward_rows
+    from derma_nb.inference import forward_rows
 
     dev = ctx["device"]
     prep = _prep(ctx)
@@ -427,7 +427,7 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--out", default=str(ROOT / "reports"), help="folder for benchmarks.json / benchmarks.md")
     args = ap.parse_args(argv)
-    from derma_nb.config import pick_device, seed_everything
+    from derma_nb.runtime import pick_device, seed_everything
 
     seed_everything(0, deterministic=False)
     dev = pick_device("auto")

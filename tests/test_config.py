@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from derma_nb.config import CLASSES, Params, ParamsError, load_params, params_dict, pick_device, seed_everything
+from derma_nb.config import CLASSES, Params, ParamsError, load_params, params_dict
+from derma_nb.runtime import pick_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,11 +21,13 @@ import torch.multiprocessing as mp
 import yaml
 
 from derma_nb.cache import load_prepared, prepare_dataset
-from derma_nb.config import CLASSES, PhaseParams, TrainParams, seed_everything
+from derma_nb.config import CLASSES, PhaseParams, TrainParams
+from derma_nb.inference import predict_probs
+from derma_nb.runtime import seed_everything
 from derma_nb.distributed import ShardedSampler, cleanup_distributed, init_distributed, ranks, wrap
 from derma_nb.model import build_model, load_model, set_trainable
 from derma_nb.sample import make_synthetic_sample
-from derma_nb.train import predict_probs, two_phase_fit
+from derma_nb.train import two_phase_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

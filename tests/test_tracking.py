@@ -17,7 +17,7 @@ import pytest
 
 import derma_nb.tracking as tracking
 from clearml_session import read_offline_session
-from derma_nb.config import sha256_file
+from derma_nb.runtime import sha256_file
 from derma_nb.tracking import StageLogger, import_session, redact_url, resolve_mode, stage_task
 
 SECRET = "S3cr3tValue0123456789abcdefXYZ"

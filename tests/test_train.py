@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from derma_nb.cache import prepare_dataset
-from derma_nb.config import CLASSES, PhaseParams, TrainParams, seed_everything
+from derma_nb.config import CLASSES, PhaseParams, TrainParams
+from derma_nb.inference import predict_probs
+from derma_nb.runtime import seed_everything
 from derma_nb.model import build_model, load_model
 from derma_nb.sample import make_synthetic_sample
-from derma_nb.train import class_weights, predict_probs, two_phase_fit
+from derma_nb.train import class_weights, two_phase_fit
 
 
 @pytest.fixture(scope="module")
