@@ -20,9 +20,9 @@ from pydantic.dataclasses import dataclass
 # %% auto #0
 __all__ = ['log', 'CLASSES', 'CLASS_NAMES', 'Float', 'Int', 'Bool', 'Str', 'SELECT_METRICS', 'SampleParams', 'FetchFileParams',
            'FetchParams', 'DataParams', 'SplitParams', 'PrepareParams', 'ModelParams', 'PhaseParams', 'AugmentParams',
-           'TrainParams', 'BaselineParams', 'GateParams', 'EvaluateParams', 'ExplainParams', 'TrackingParams', 'Params',
-           'ParamsError', 'build_params', 'set_dotted', 'get_dotted', 'flat_dict', 'read_yaml', 'load_params',
-           'params_dict']
+           'TrainParams', 'BaselineParams', 'GateParams', 'DecideParams', 'EvaluateParams', 'ExplainParams',
+           'TrackingParams', 'Params', 'ParamsError', 'build_params', 'set_dotted', 'get_dotted', 'flat_dict',
+           'read_yaml', 'load_params', 'params_dict']
 
 # %% ../nbs/00_config.ipynb #a3dae076
 log = logging.getLogger("derma_nb")
@@ -215,10 +215,20 @@ class GateParams:
 
 
 @dataclass(config=_STRICT)
+class DecideParams:
+    "Decisions fitted on validation, stored with the model: test-time views, calibration, melanoma point, sets."
+    views: Int = Field(1, ge=1, le=8)
+    calibrate: Bool = True
+    mel_sensitivity: Float = Field(0.85, gt=0.0, le=1.0)
+    conformal_alpha: Float = Field(0.1, gt=0.0, lt=1.0)
+    conformal_classwise: Bool = False
+
+
+@dataclass(config=_STRICT)
 class EvaluateParams:
-    "Test-set evaluation: bootstrap resamples (by lesion), test-time views, melanoma specificity to report at, gates."
+    "Test-set evaluation: bootstrap resamples (by lesion), the melanoma specificity to report at, subgroups, gates."
     n_boot: Int = Field(1000, ge=0, le=100000)
-    tta_views: Int = Field(1, ge=1, le=8)
+    min_subgroup: Int = Field(30, ge=1)
     mel_specificity: Float = Field(0.8, ge=0.0, le=1.0)
     gates: GateParams = field(default_factory=GateParams)
 
@@ -249,6 +259,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     baseline: BaselineParams = field(default_factory=BaselineParams)
+    decide: DecideParams = field(default_factory=DecideParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     explain: ExplainParams = field(default_factory=ExplainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)

@@ -102,9 +102,9 @@ def plot_history(history: pd.DataFrame):
         axes[0][0].legend(fontsize=8)
     return fig
 
-# %% ../nbs/09_figures.ipynb #7659892d
-def show_figure(fig, dpi: int = 100) -> bytes:
-    "Display a matplotlib Figure as an embedded PNG (papermill runs and JupyterLab alike), close it; the PNG bytes."
+# %% ../nbs/09_figures.ipynb #db9f8ad3
+def show_figure(fig, dpi: int = 100) -> None:
+    "Display a matplotlib Figure as an embedded PNG (papermill runs and JupyterLab alike) and close it."
     import io
 
     from IPython.display import Image, display
@@ -118,4 +118,3 @@ def show_figure(fig, dpi: int = 100) -> bytes:
         plt.close(fig)
     except Exception:  # a Figure built without pyplot has nothing to close
         pass
-    return buf.getvalue()

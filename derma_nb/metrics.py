@@ -17,9 +17,9 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 from .config import CLASSES, log
 
 # %% auto #0
-__all__ = ['HEADLINE', 'BOOT_METRICS', 'label_metrics', 'sensitivity_at_specificity', 'expected_calibration_error',
-           'classification_metrics', 'bootstrap_ci', 'headline_table', 'per_class_table', 'confusion_long',
-           'roc_points']
+__all__ = ['HEADLINE', 'BOOT_METRICS', 'AGE_BANDS', 'label_metrics', 'sensitivity_at_specificity', 'expected_calibration_error',
+           'classification_metrics', 'bootstrap_ci', 'bootstrap_ratio', 'headline_table', 'per_class_table', 'age_band',
+           'subgroup_table', 'ci_text', 'subgroup_display', 'confusion_long', 'roc_points']
 
 # %% ../nbs/08_metrics.ipynb #c37a1d18
 HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -227,7 +227,23 @@ def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
               time.perf_counter() - t0)
     return out
 
-# %% ../nbs/08_metrics.ipynb #8cb28622
+# %% ../nbs/08_metrics.ipynb #45053c44
+def bootstrap_ratio(values, mask, groups, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    "Mean of `values` over the images in `mask`, with a percentile interval from resampling lesions (`groups`)."
+    v, m = np.asarray(values, dtype=np.float64), np.asarray(mask, dtype=bool)
+    codes = pd.factorize(np.asarray(groups))[0]
+    if not m.any():
+        return {"value": None, "low": None, "high": None, "n": 0}
+    G = int(codes.max()) + 1
+    num, den = np.bincount(codes, v * m, minlength=G), np.bincount(codes, m.astype(float), minlength=G)
+    counts = np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), size=n_boot) if n_boot else None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (counts @ num) / (counts @ den) if n_boot else np.array([])
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(boot) else (np.nan, np.nan)
+    return {"value": float(num.sum() / den.sum()), "low": _num(lo), "high": _num(hi), "n": int(m.sum())}
+
+# %% ../nbs/08_metrics.ipynb #3331d4f2
 def headline_table(metrics: dict, ci: dict | None = None) -> pd.DataFrame:
     "One row per headline metric (value and interval, NaN where none), plus melanoma AUC, operating point and ECE."
     ci = ci or {}
@@ -251,7 +267,66 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
     t.index.name = "class"
     return t.astype({"precision": float, "recall": float, "f1": float, "auc": float, "support": int})
 
-# %% ../nbs/08_metrics.ipynb #1177e2f9
+# %% ../nbs/08_metrics.ipynb #e4ff15ea
+AGE_BANDS = ((0, 30, "< 30"), (30, 50, "30–49"), (50, 70, "50–69"), (70, 200, "≥ 70"))
+"Age bands for the subgroup table (years, lower bound inclusive)."
+
+
+def age_band(age) -> str:
+    "The age band of an age in years ('unknown' when missing)."
+    if age is None or (isinstance(age, float) and math.isnan(age)):
+        return "unknown"
+    return next((name for lo, hi, name in AGE_BANDS if lo <= float(age) < hi), "unknown")
+
+
+def _subgroups(meta: pd.DataFrame):
+    "(by, group name, boolean mask) for every value of sex, age band and body site."
+    cols = {"sex": meta["sex"], "age": meta["age"].map(age_band), "site": meta["localization"]}
+    for by, values in cols.items():
+        v = values.astype(str).str.strip().replace({"": "unknown", "nan": "unknown"})
+        for g in sorted(v.unique()):
+            yield by, g, (v == g).to_numpy()
+
+# %% ../nbs/08_metrics.ipynb #895ead6d
+def subgroup_table(meta: pd.DataFrame, y_true, y_prob, groups, n_boot: int = 1000, seed: int = 0,
+                   min_images: int = 30, min_melanomas: int = 5) -> pd.DataFrame:
+    "Per subgroup (sex, age band, site): counts, balanced accuracy and melanoma recall with lesion-bootstrap CIs."
+    y, p, g = np.asarray(y_true), np.asarray(y_prob), np.asarray(groups)
+    mel, rows = CLASSES.index("mel"), []
+    for by, name, sel in _subgroups(meta.reset_index(drop=True)):
+        row = {"by": by, "group": name, "images": int(sel.sum()), "lesions": int(len(set(g[sel]))),
+               "melanomas": int((y[sel] == mel).sum()), "note": ""}
+        if row["images"] < min_images:
+            rows.append({**row, "note": f"too few images to say (< {min_images})"})
+            continue
+        ci = bootstrap_ci(y[sel], p[sel], g[sel], metrics=("balanced_accuracy", "mel_recall"), n_boot=n_boot, seed=seed)
+        for k in ("balanced_accuracy", "mel_recall"):
+            row.update({k: ci[k]["value"], f"{k}_low": ci[k]["low"], f"{k}_high": ci[k]["high"]})
+        if row["melanomas"] < min_melanomas:
+            row.update(mel_recall=None, mel_recall_low=None, mel_recall_high=None,
+                       note=f"too few melanomas for a recall (< {min_melanomas})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/08_metrics.ipynb #c03aa6db
+def ci_text(c: dict | None, digits: int = 3) -> str:
+    "`value [low, high]`, `value (no interval)` when the bootstrap had nothing to resample, or – without a value."
+    if not c or c.get("value") is None or c["value"] != c["value"]:
+        return "–"
+    if c.get("low") is None or c.get("high") is None:
+        return f"{c['value']:.{digits}f} (no interval)"
+    return f"{c['value']:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
+
+
+def subgroup_display(sub: pd.DataFrame) -> pd.DataFrame:
+    "`subgroup_table` as a reader sees it: counts, the two metrics with their intervals in one cell, the note."
+    cell = lambda r, k: ci_text({"value": r.get(k), "low": r.get(f"{k}_low"), "high": r.get(f"{k}_high")})  # noqa: E731
+    rows = [{"by": r["by"], "group": r["group"], "images": r["images"], "lesions": r["lesions"],
+             "melanomas": r["melanomas"], "balanced accuracy [95% CI]": cell(r, "balanced_accuracy"),
+             "melanoma recall [95% CI]": cell(r, "mel_recall"), "note": r["note"]} for r in sub.to_dict("records")]
+    return pd.DataFrame(rows).set_index(["by", "group"])
+
+# %% ../nbs/08_metrics.ipynb #753a0eee
 def confusion_long(y_true, y_pred, classes=CLASSES) -> pd.DataFrame:
     "One row per sample with the actual and predicted class names (DVC confusion plot input)."
     names = np.asarray(list(classes))

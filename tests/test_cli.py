@@ -83,7 +83,8 @@ MISTAKES = [
     (["prepare", "-S", "train.phase2.lr=fast"], "train.phase2.lr must be a finite number, got 'fast'"),
     (["prepare", "--data", "no/such/folder"], "no/such/folder: dataset path does not exist"),
     (["run", "--profile", "nope"], "profiles/nope.yaml: no such profile"),
-    (["export"], "artifacts/model/best.pt: model file not found"),
+    (["export"], "artifacts/release/model.pt: model file not found"),
+    (["predict", "x.jpg"], "artifacts/release/model.pt: model file not found; `derma-nb run` writes"),
     (["train"], "artifacts/prepared/images.npy: missing; run the prepare stage first"),
 ]
 

@@ -74,7 +74,7 @@ def test_notebook_stage_lists_exactly_the_params_it_reads(name):
 
 def test_the_notebook_command_is_written_once():
     cmds = [s["cmd"] for s in PIPELINE["stages"].values()]
-    assert sum(c.startswith("${notebook} ") for c in cmds) == 7 and not any("papermill" in c for c in cmds)
+    assert sum(c.startswith("${notebook} ") for c in cmds) == 8 and not any("papermill" in c for c in cmds)
 
 
 def test_every_stage_notebook_is_a_stage():

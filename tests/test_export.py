@@ -11,7 +11,8 @@ from derma_nb.config import CLASSES
 from derma_nb.cache import prepare_dataset, unit_batch
 from derma_nb.data import DataError
 from derma_nb.sample import make_synthetic_sample
-from derma_nb.export import (Predictor, _ort_session, export_checkpoint, export_onnx, onnx_parity, predict_main,
+from derma_nb.export import (NOTICE, SYNTHETIC_WARNING, Predictor, _ort_session, export_checkpoint, export_onnx,
+                             onnx_parity, predict_main,
                              read_sidecar, sidecar_path)
 from derma_nb.model import ModelFileError, build_model, save_model
 
@@ -153,11 +154,47 @@ def test_predict_main_formats(sample, tmp_path):
     ckpt = save_model(tmp_path / "m.pt", small_model(), image_size=32)
     files = sorted((data / "images").glob("*.jpg"))[:3]
     table = predict_main(files, ckpt)
-    assert all(str(f) in table for f in files) and "prob_mel" in table
+    lines = table.splitlines()
+    assert lines[0] == NOTICE and all(any(l.startswith(f.name) for l in lines) for f in files)
+    assert "no decisions stored" in table and "SYNTHETIC" not in table  # a bare checkpoint: probabilities only
+    assert max(map(len, lines[3:])) <= 100, "fits a terminal"
     csv = pd.read_csv(io.StringIO(predict_main(files, ckpt, "csv")))
-    assert csv.path.tolist() == [str(f) for f in files] and list(csv.columns[3:]) == PROBS
+    assert csv.file.tolist() == [str(f) for f in files] and list(csv.columns[-7:]) == PROBS
+    assert np.allclose(csv[PROBS].sum(1), 1, atol=1e-3)
     js = json.loads(predict_main(files, ckpt, "json"))
-    assert [r["path"] for r in js] == [str(f) for f in files] and set(js[0]) == {"path", "pred", "confidence", *PROBS}
+    assert js["notice"] == NOTICE and [r["file"] for r in js["images"]] == [str(f) for f in files]
+    assert {"top_class", "top_probability", "prediction_set", "melanoma_suspected", *PROBS} <= set(js["images"][0])
     assert len(pd.read_csv(io.StringIO(predict_main([data / "images"], ckpt, "csv")))) == len(prep.table)
     with pytest.raises(ValueError, match="format"):
         predict_main(files, ckpt, "xml")
+
+
+def test_predict_applies_the_stored_decisions(sample, tmp_path):
+    "Views, temperature, melanoma threshold and conformal q-hat stored with the model are what predict applies."
+    from dataclasses import asdict
+
+    from derma_nb.decide import Decision, calibrated_probs, prediction_sets
+
+    tmp, data, prep = sample
+    m = small_model()
+    files = sorted((data / "images").glob("*.jpg"))[:6]
+    d = Decision(views=4, temperature=2.0, mel={"threshold": 0.15, "sensitivity": 0.9, "target_sensitivity": 0.85},
+                 conformal={"alpha": 0.1, "classwise": False, "qhat": 0.85, "n": 50})
+    ckpt = save_model(tmp_path / "r.pt", m, image_size=32, decision=asdict(d), data={"synthetic": True})
+    pred = Predictor(ckpt)
+    x = np.stack([pred.load_image(f) for f in files])
+    logits = pred.predict_logits(x)
+    assert logits.shape == (4, len(files), 7)
+    want = calibrated_probs(logits, 2.0)
+    got = pred.predict_files(files)[PROBS].to_numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    js = json.loads(predict_main(files, ckpt, "json"))
+    sets = prediction_sets(want, d.conformal)
+    for r, s, p in zip(js["images"], sets, want):
+        assert set(r["prediction_set"]) == {c for c, i in zip(CLASSES, s) if i}
+        assert r["melanoma_suspected"] == bool(p[CLASSES.index("mel")] >= 0.15)
+    assert js["synthetic_model"] is True
+    table = predict_main(files, ckpt)
+    assert table.splitlines()[1] == SYNTHETIC_WARNING and "T = 2.00" in table and "4 test-time view(s)" in table
+    onnx = export_checkpoint(ckpt, tmp_path / "r.onnx")  # the decisions travel in the sidecar
+    np.testing.assert_allclose(Predictor(onnx).predict_files(files)[PROBS].to_numpy(), want, atol=1e-4)

@@ -56,7 +56,7 @@ def test_run_created_the_synthetic_sample_and_every_stage_ran(run):
         assert f"Running stage '{stage}'" in out, stage
 
 
-STAGES = ("prepare", "eda", "baseline", "train", "evaluate", "explain", "export")
+STAGES = ("prepare", "eda", "baseline", "train", "decide", "evaluate", "explain", "export")
 KEY_SECTIONS = {
     "prepare": ["Data preparation", "What was not taken as it is", "Lesion groups and the split", "SYNTHETIC"],
     "export": ["ONNX export", "max_abs_logit_diff", "Sidecar"],
@@ -64,8 +64,10 @@ KEY_SECTIONS = {
             "Lesion overlap between splits"],
     "baseline": ["Fit time", "Per-class recall", "Metrics"],
     "train": ["Curves", "Best epoch", "images/s", "device"],
-    "evaluate": ["Headline metrics with 95% CIs", "Per class", "Confusion matrices", "ROC curves", "calibration",
-                 "Baseline vs model", "Promotion decision", "Decision:"],
+    "decide": ["Decisions from validation", "Calibration", "Melanoma operating point and prediction sets"],
+    "evaluate": ["Headline metrics with 95% CIs", "Per class", "Confusion matrices", "ROC curves", "Calibration",
+                 "Brier score", "Test-time augmentation", "Melanoma operating point", "Conformal prediction sets",
+                 "What the guarantee assumes", "Subgroups", "Baseline vs model", "Promotion decision", "Decision:"],
     "explain": ["Grad-CAM", "Gallery (melanoma first)"],
 }
 
@@ -95,12 +97,61 @@ def test_index_links_every_stage_and_shows_decision(run):
     for sid in ("promotion", "headline", "training", "stages", "identity"):
         assert soup.find(id=sid), sid
     hrefs = {a["href"] for a in soup.find_all("a")}
-    assert {"eda.html", "baseline.html", "train.html", "evaluate.html", "explain.html"} <= hrefs
+    assert {"eda.html", "baseline.html", "train.html", "decide.html", "evaluate.html", "explain.html",
+            "model_card.html"} <= hrefs
     promo = json.loads((repo / "reports/promotion.json").read_text())
     assert promo["decision"].upper() in soup.find(id="promotion").get_text()
     test = json.loads((repo / "metrics/test.json").read_text())
     assert f"{test['accuracy']:.4f}" in soup.find(id="headline").get_text()
     assert "SYNTHETIC" in soup.get_text()
+
+
+def test_decisions_come_from_validation_and_are_reported_on_test(run):
+    repo = run[0]
+    dec = json.loads((repo / "metrics/decide.json").read_text())
+    test = json.loads((repo / "metrics/test.json").read_text())
+    assert dec["val_nll"][1] <= dec["val_nll"][0] + 1e-9, "the fitted temperature cannot raise the validation NLL"
+    assert dec["mel"]["threshold"] is None or dec["mel"]["sensitivity"] >= dec["mel"]["target_sensitivity"]
+    assert dec["val_coverage"] >= 1 - dec["conformal"]["alpha"] - 1e-9  # by construction on its own split
+    cal = test["calibration"]
+    assert len(cal) == 2 and all({"negative log-likelihood", "Brier score", "expected calibration error"} <= set(v)
+                                 for v in cal.values())
+    assert test["conformal"]["qhat"] == dec["conformal"]["qhat"], "the test split did not refit q-hat"
+    classes = [r["class"] for r in test["conformal"]["table"]]
+    assert classes[0] == "all" and len(classes) == 8
+    assert test["mel_operating_point"]["threshold"] == dec["mel"]["threshold"]
+    assert {s["by"] for s in test["subgroups"]} == {"sex", "age", "site"}
+    assert all(s["note"] or s["balanced_accuracy"] is not None for s in test["subgroups"])
+
+
+def test_model_card_quotes_the_run(run):
+    from bs4 import BeautifulSoup
+
+    repo = run[0]
+    md = (repo / "reports/model_card.md").read_text(encoding="utf-8")
+    test = json.loads((repo / "metrics/test.json").read_text())
+    for section in ("Model details", "Data", "Intended use", "Out-of-scope use", "Metrics", "Calibration",
+                    "Melanoma operating point", "Conformal prediction sets", "Subgroups", "Limitations",
+                    "Ethical considerations"):
+        assert f"## {section}" in md, section
+    assert "SYNTHETIC DATA" in md and "self-diagnosis" in md
+    ci = test["ci"]["balanced_accuracy"]
+    assert f"{ci['value']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" in md
+    metrics = md.split("## Metrics", 1)[1].split("##", 1)[0]
+    assert "| Macro F1 | –" not in metrics and "nan" not in md.lower()
+    html = BeautifulSoup((repo / "reports/model_card.html").read_text(encoding="utf-8"), "html.parser")
+    assert html.find("a", href="index.html") and len(html.find_all("table")) >= 5
+
+
+def test_predict_with_the_pipeline_model_says_what_it_is(run):
+    repo, env, _ = run
+    images = sorted((repo / "data" / "images").glob("*.jpg"))[:3]
+    rc, out = sh("derma-nb predict " + " ".join(map(str, images)), repo, env)
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("Decision support for clinicians") and "SYNTHETIC" in lines[1]
+    assert "calibrated (T = " in out and "90% prediction sets" in out and "Traceback" not in out
+    assert sum(line.startswith(i.name) for i in images for line in lines) == 3
 
 
 def test_dvc_metrics_and_plots(run):
@@ -136,13 +187,13 @@ def test_one_offline_clearml_session_per_stage(run):
     assert sessions["train"]["properties"]["model tf_efficientnet_lite0-best"].endswith("artifacts/model/best.pt")
     assert sessions["export"]["properties"]["model onnx"].endswith("artifacts/export/model.onnx")
     assert all((repo / "reports" / "clearml" / f"{s}.zip").stat().st_size < 1_000_000 for s in STAGES)
-    shas = {sessions[s]["properties"]["model_sha256"] for s in ("train", "evaluate", "explain", "export")}
-    assert len(shas) == 1, "train, evaluate, explain and export name the same model file"
+    shas = {sessions[s]["properties"]["model_sha256"] for s in ("decide", "evaluate", "explain", "export")}
+    assert len(shas) == 1, "decide, evaluate, explain and export name the same model file (the released one)"
     assert sessions["baseline"]["plots"] or sessions["baseline"]["images"]
     ev = sessions["evaluate"]
     decision = json.loads((repo / "reports/promotion.json").read_text())["decision"]
     assert decision in ev["tags"] and "promotion.json" in ev["artifacts"]
-    assert ev["properties"][f"model tf_efficientnet_lite0-{decision}"].endswith("artifacts/model/best.pt")
+    assert ev["properties"][f"model tf_efficientnet_lite0-{decision}"].endswith("artifacts/release/model.pt")
     assert sessions["explain"]["plots"] or sessions["explain"]["images"]
 
 

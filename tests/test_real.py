@@ -38,7 +38,7 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     repo = tmp_path / "repo"
     env = copy_repo(repo)
     cmd = (f"derma-nb run --profile real -S data.dir={data} -S train.phase1.epochs=2 -S train.phase2.epochs=2 "
-           f"-S train.phase2.cache_views=2 -S prepare.image_size=32 -S evaluate.n_boot=100 -S evaluate.tta_views=1 "
+           f"-S train.phase2.cache_views=2 -S prepare.image_size=32 -S evaluate.n_boot=100 -S decide.views=1 "
            f"-S baseline.n_estimators=50")
     r = subprocess.run(cmd, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]

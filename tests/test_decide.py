@@ -1,0 +1,85 @@
+"""Decisions fitted on validation (derma_nb.decide): the properties they promise, checked over many random draws."""
+import numpy as np
+import pytest
+
+from derma_nb.config import CLASSES
+from derma_nb.decide import (Decision, calibrated_probs, conformal_quantile, decide, describe, fit_temperature,
+                             mel_threshold, nll, prediction_sets)
+
+K, MEL = len(CLASSES), CLASSES.index("mel")
+
+
+def draw(n, seed, scale=3.0, shift=2.0, weights=None):
+    "Labels and logits of a model `scale` times overconfident (softmax(shift·z) would be calibrated)."
+    rng = np.random.default_rng(seed)
+    y = rng.choice(K, n, p=weights)
+    z = rng.normal(0, 1, (n, K))
+    z[np.arange(n), y] += shift
+    return y, scale * shift * z
+
+
+def test_temperature_lowers_validation_and_test_nll_and_keeps_the_top_class():
+    for seed in range(5):
+        y, logits = draw(3000, seed)
+        T = fit_temperature(logits[:1500], y[:1500])
+        assert abs(T - 3.0) < 0.4
+        for part in (slice(0, 1500), slice(1500, None)):
+            assert nll(calibrated_probs(logits[part], T), y[part]) < nll(calibrated_probs(logits[part]), y[part])
+        np.testing.assert_array_equal(calibrated_probs(logits, T).argmax(1), logits.argmax(1))
+
+
+def test_underconfident_model_gets_a_temperature_below_one():
+    y, logits = draw(2000, 0, scale=0.3)
+    assert fit_temperature(logits, y) < 0.5
+
+
+@pytest.mark.parametrize("classwise", [False, True])
+def test_conformal_coverage_holds_on_exchangeable_draws(classwise):
+    "Average coverage over 100 calibration/test draws is at least 1 - alpha (minus sampling noise)."
+    alpha, cover, per_class = 0.1, [], []
+    weights = np.array([0.05, 0.05, 0.1, 0.02, 0.1, 0.65, 0.03])  # HAM10000-like imbalance
+    for seed in range(100):
+        y, logits = draw(1200, seed, scale=1.0, shift=1.0, weights=weights)
+        p = calibrated_probs(logits)
+        q = conformal_quantile(p[:600], y[:600], alpha, classwise=classwise)
+        sets = prediction_sets(p[600:], q)
+        hit = sets[np.arange(600), y[600:]]
+        cover.append(hit.mean())
+        per_class.append([hit[y[600:] == k].mean() if (y[600:] == k).any() else np.nan for k in range(K)])
+    assert np.mean(cover) >= 1 - alpha - 0.01, np.mean(cover)
+    worst = np.nanmean(per_class, 0).min()
+    if classwise:  # class-conditional: every class covered
+        assert worst >= 1 - alpha - 0.03, np.nanmean(per_class, 0)
+    else:  # marginal only: the rare, hard classes fall short — what the evaluation report shows
+        assert worst < 1 - alpha, np.nanmean(per_class, 0)
+
+
+def test_too_few_calibration_images_give_the_full_set():
+    p = calibrated_probs(np.zeros((5, K)))
+    q = conformal_quantile(p, np.zeros(5, int), alpha=0.05)  # needs ceil(6 * 0.95) = 6 > 5 scores
+    assert q["qhat"] == 1.0 and prediction_sets(p, q).all()
+
+
+@pytest.mark.parametrize("n_mel", [1, 7, 40, 111])
+@pytest.mark.parametrize("target", [0.5, 0.85, 0.95])
+def test_melanoma_threshold_reaches_the_target_on_validation_and_is_the_highest_that_does(n_mel, target):
+    rng = np.random.default_rng(n_mel)
+    is_mel = np.r_[np.ones(n_mel, bool), np.zeros(300, bool)]
+    score = rng.uniform(size=len(is_mel)) + 0.3 * is_mel
+    op = mel_threshold(score, is_mel, target)
+    assert op["sensitivity"] >= target
+    higher = np.nextafter(op["threshold"], 2)
+    assert (score[is_mel] >= higher).mean() < target, "any higher threshold misses the target"
+
+
+def test_decide_stores_a_round_trippable_record_and_describe_uses_it():
+    from dataclasses import asdict
+
+    y, logits = draw(1500, 3)
+    d = decide(np.stack([logits, logits]), y, views=2, mel_sensitivity=0.9, alpha=0.2)
+    assert Decision(**asdict(d)) == d and d.views == 2 and d.mel["sensitivity"] >= 0.9
+    row = describe(d.probs(logits[:1])[0], d)
+    assert row["top_class"] == row["prediction_set"][0]
+    assert row["melanoma_suspected"] == (d.probs(logits[:1])[0, MEL] >= d.mel["threshold"])
+    no_cal = decide(logits[None], y, calibrate=False)
+    assert no_cal.temperature == 1.0
