@@ -31,8 +31,8 @@ __all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'match_files', 'decode_all', '
            'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler', 'cache_loader', 'unit_batch',
            'BatchAugment', 'dihedral']
 
-# %% ../nbs/05_cache.ipynb #7e6ed8e7
-CACHE_FORMAT = 2
+# %% ../nbs/05_cache.ipynb #5e123e7a
+CACHE_FORMAT = 3
 "Bumped whenever the cache layout, the preprocessing or the split changes, so old caches are rebuilt."
 
 
@@ -67,6 +67,8 @@ def match_files(meta: pd.DataFrame, files: DatasetFiles, lenient: bool, report: 
         for _, r in meta[missing].iterrows():
             report.skip("metadata row", f"{files.metadata}: line {r.line}", f"no image file: {r.image_id}", r.image_id)
         meta = meta[~missing].reset_index(drop=True)
+        if meta.empty:
+            raise DataError(f"{files.metadata}: none of its rows has an image file under {files.root}")
     stray = sorted(set(files.images) - listed)
     if stray:
         report.stray_images = [str(files.images[s]) for s in stray]
@@ -192,7 +194,11 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
         return hit
     meta = match_files(meta, files, lenient, report)
     meta["group"] = lesion_groups(meta).values
-    meta["split"] = lesion_split(meta, fractions, seed).values  # decided before any image is decoded
+    try:
+        meta["split"] = lesion_split(meta, fractions, seed).values  # decided before any image is decoded
+    except DataError as e:  # the metadata's fault: name it (and what lenient mode left out)
+        skipped = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
+        raise DataError(f"{files.metadata}{skipped}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "images.npy.tmp"
     try:
@@ -208,7 +214,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
     log.info("%s", report.summary())
     return load_prepared(out)
 
-# %% ../nbs/05_cache.ipynb #16964cd9
+# %% ../nbs/05_cache.ipynb #900a4a46
 class CachedImages(Dataset):
     "Rows of a cached uint8 image array as (uint8 CxHxW tensor, label) — batched fetches in one index."
 
@@ -235,13 +241,13 @@ def as_batch(batch):
     "The DataLoader collate_fn for `CachedImages`: `__getitems__` already returns a batch."
     return batch
 
-# %% ../nbs/05_cache.ipynb #21d01d63
+# %% ../nbs/05_cache.ipynb #be48ee4b
 def balanced_weights(labels: np.ndarray) -> torch.Tensor:
     "Per-image sampling weights 1/count(class): each class is drawn equally often (with replacement)."
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     return torch.as_tensor(1.0 / counts[labels])
 
-# %% ../nbs/05_cache.ipynb #e1226e70
+# %% ../nbs/05_cache.ipynb #e28f8bb2
 def epoch_sampler(labels: np.ndarray, shuffle: bool = False, balanced: bool = False, seed: int = 0):
     "The order of one pass: sequential, shuffled, or class-balanced (with replacement), seeded by `seed` alone."
     g = torch.Generator().manual_seed(seed)
@@ -259,14 +265,14 @@ def cache_loader(images: np.ndarray, rows, labels, batch_size: int = 64, shuffle
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed + 1),
                       collate_fn=as_batch, drop_last=drop_last, pin_memory=pin_memory)
 
-# %% ../nbs/05_cache.ipynb #a2c5cfd3
+# %% ../nbs/05_cache.ipynb #4249b341
 def unit_batch(x: torch.Tensor, device=None, channels_last: bool = False) -> torch.Tensor:
     "uint8 (B,3,H,W) (or float already in [0,1]) → float32 in [0, 1] on `device` (the models normalize themselves)."
     x = x.to(device, non_blocking=True) if device is not None else x
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-# %% ../nbs/05_cache.ipynb #22467b07
+# %% ../nbs/05_cache.ipynb #f9acb232
 class BatchAugment(torch.nn.Module):
     "Per-sample random flips, rotation+zoom and colour jitter for a float (B,3,H,W) batch in [0,1], on any device."
 
@@ -300,7 +306,7 @@ class BatchAugment(torch.nn.Module):
             x = (x - g) * (1 + (u(B, 1, 1, 1) * 2 - 1) * self.saturation) + g
         return x.clamp(0, 1)
 
-# %% ../nbs/05_cache.ipynb #a9ba6cbb
+# %% ../nbs/05_cache.ipynb #ac119ef3
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     "View k (0..7) of a (..., H, W) batch: identity, h-flip, v-flip, rot180, rot90, rot90+h-flip, rot270, rot270+h-flip."
     if not 0 <= k < 8:

@@ -59,6 +59,8 @@ SPLITS = ("train", "val", "test")
 def split_plan(groups_dx: pd.Series) -> dict:
     "Per class: 'stratified' (>= 3 groups) or the splits it will be missing from; DataError if no split can be made."
     per_class = groups_dx.value_counts()
+    if per_class.empty:
+        raise DataError("no lesions to split: the metadata has no usable rows")
     missing = {c: (["val"] if n == 2 else ["val", "test"]) for c, n in per_class.items() if n < 3}
     if per_class.max() < 3:
         raise DataError(f"cannot split {len(groups_dx)} lesion(s) of {len(per_class)} class(es) into train/val/test: "
