@@ -272,12 +272,14 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
     if fit.on_epoch:
         fit.on_epoch(row)
 
-# %% ../nbs/13_train.ipynb #a11e4fcd
-def _start_phase(fit: Fit, pi: int, state: FitState) -> None:
-    "Phase 2 starts from phase 1's best weights (from the checkpoint folder), on every rank."
-    if pi == 1 and state.epoch == 0 and state.best.get("phase") == 1:
+# %% ../nbs/13_train.ipynb #799ab4d5
+def _start_phase(fit: Fit, pi: int, state: FitState, saved: dict | None) -> None:
+    "Phase 2 starts from phase 1's best weights (from the checkpoint folder), on every rank, and checkpoints them."
+    if pi == 1 and state.epoch == 0 and state.best.get("phase") == 1 and saved is None:
         if ranks().main:
             fit.model.load_state_dict(torch.load(fit.best_path, map_location="cpu", weights_only=True)["state_dict"])
+            # phase 2's first improvement overwrites best.pt: from here on a resume starts from last.pt's weights
+            save_checkpoint(fit.last, fit.key, fit.model, state)
         broadcast_module(fit.model)
         log.info("phase 2 starts from phase 1's best epoch (%d)", state.best["epoch"])
 
@@ -285,7 +287,7 @@ def _start_phase(fit: Fit, pi: int, state: FitState) -> None:
 def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> None:
     "Run phase `pi` (0: head, 1: fine-tune) from `state` to its end; `saved` holds optimizer/scheduler state to resume."
     ph = (fit.cfg.phase1, fit.cfg.phase2)[pi]
-    _start_phase(fit, pi, state)
+    _start_phase(fit, pi, state, saved)
     opt = torch.optim.AdamW(param_groups(fit.model, ph.unfreeze, ph.lr, ph.weight_decay,
                                          ph.lr * ph.head_lr_factor), lr=ph.lr, weight_decay=ph.weight_decay)
     t_in = time.perf_counter()
