@@ -357,7 +357,9 @@ def load_rgb(data: bytes, name: str = "<bytes>", stats: DataReport | None = None
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except Exception as e:  # PIL raises several types for corrupt data
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{name}: unreadable or truncated image (no format Pillow knows; {len(data)} bytes)") from None
+    except Exception as e:  # PIL raises several types for truncated or corrupt data
         raise DataError(f"{name}: unreadable or truncated image ({type(e).__name__}: {e})") from None
     _note(stats, img.format, img.mode, name)
     return to_rgb(img)
