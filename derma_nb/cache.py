@@ -181,7 +181,7 @@ def _write_outputs(out: Path, meta: pd.DataFrame, report: DataReport, key: dict,
 # %% ../nbs/05_cache.ipynb #4ac9d8b0
 def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int = 64, resize: str = "center_crop",
                     fractions=(0.8, 0.1, 0.1), seed: int = 0, lenient: bool = False, workers: int = 2,
-                    force: bool = False) -> PreparedData:
+                    force: bool = False, split_all: str | None = None) -> PreparedData:
     "Scan, validate, split by lesion and decode every image once into a memory-mapped uint8 cache under `out_dir`."
     t0, out = time.perf_counter(), Path(out_dir)
     files = scan_dataset(data_dir)
@@ -189,13 +189,14 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
                         duplicates_ignored=len(files.duplicates_ignored))
     meta = read_metadata(files.metadata, lenient, report)
     key = {"format": CACHE_FORMAT, "dataset_sha256": dataset_fingerprint(files), "image_size": image_size,
-           "resize": resize, "fractions": list(fractions), "seed": seed, "lenient": lenient}
+           "resize": resize, "fractions": list(fractions), "seed": seed, "lenient": lenient, "split_all": split_all}
     if not force and (hit := _cached(out, key)) is not None:
         return hit
     meta = match_files(meta, files, lenient, report)
     meta["group"] = lesion_groups(meta).values
     try:
-        meta["split"] = lesion_split(meta, fractions, seed).values  # decided before any image is decoded
+        # decided before any image is decoded; an external test set puts every image in one split
+        meta["split"] = split_all if split_all else lesion_split(meta, fractions, seed).values
     except DataError as e:  # the metadata's fault: name it (and what lenient mode left out)
         skipped = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
         raise DataError(f"{files.metadata}{skipped}: {e}") from None
@@ -214,7 +215,7 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
     log.info("%s", report.summary())
     return load_prepared(out)
 
-# %% ../nbs/05_cache.ipynb #900a4a46
+# %% ../nbs/05_cache.ipynb #969fb7fe
 class CachedImages(Dataset):
     "Rows of a cached uint8 image array as (uint8 CxHxW tensor, label) — batched fetches in one index."
 
@@ -241,13 +242,13 @@ def as_batch(batch):
     "The DataLoader collate_fn for `CachedImages`: `__getitems__` already returns a batch."
     return batch
 
-# %% ../nbs/05_cache.ipynb #be48ee4b
+# %% ../nbs/05_cache.ipynb #84154b51
 def balanced_weights(labels: np.ndarray) -> torch.Tensor:
     "Per-image sampling weights 1/count(class): each class is drawn equally often (with replacement)."
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     return torch.as_tensor(1.0 / counts[labels])
 
-# %% ../nbs/05_cache.ipynb #e28f8bb2
+# %% ../nbs/05_cache.ipynb #6ab84f3c
 def epoch_sampler(labels: np.ndarray, shuffle: bool = False, balanced: bool = False, seed: int = 0):
     "The order of one pass: sequential, shuffled, or class-balanced (with replacement), seeded by `seed` alone."
     g = torch.Generator().manual_seed(seed)
@@ -265,14 +266,14 @@ def cache_loader(images: np.ndarray, rows, labels, batch_size: int = 64, shuffle
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed + 1),
                       collate_fn=as_batch, drop_last=drop_last, pin_memory=pin_memory)
 
-# %% ../nbs/05_cache.ipynb #4249b341
+# %% ../nbs/05_cache.ipynb #7c1ead78
 def unit_batch(x: torch.Tensor, device=None, channels_last: bool = False) -> torch.Tensor:
     "uint8 (B,3,H,W) (or float already in [0,1]) → float32 in [0, 1] on `device` (the models normalize themselves)."
     x = x.to(device, non_blocking=True) if device is not None else x
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-# %% ../nbs/05_cache.ipynb #f9acb232
+# %% ../nbs/05_cache.ipynb #33889652
 class BatchAugment(torch.nn.Module):
     "Per-sample random flips, rotation+zoom and colour jitter for a float (B,3,H,W) batch in [0,1], on any device."
 
@@ -306,7 +307,7 @@ class BatchAugment(torch.nn.Module):
             x = (x - g) * (1 + (u(B, 1, 1, 1) * 2 - 1) * self.saturation) + g
         return x.clamp(0, 1)
 
-# %% ../nbs/05_cache.ipynb #ac119ef3
+# %% ../nbs/05_cache.ipynb #1b036f7d
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     "View k (0..7) of a (..., H, W) batch: identity, h-flip, v-flip, rot180, rot90, rot90+h-flip, rot270, rot270+h-flip."
     if not 0 <= k < 8:

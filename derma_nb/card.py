@@ -19,7 +19,7 @@ from .stage import git_commit, run_identity
 # %% auto #0
 __all__ = ['SYNTHETIC_NOTE', 'INTENDED_USE', 'card_facts', 'model_section', 'data_section', 'metrics_section',
            'calibration_section', 'operating_section', 'conformal_section', 'subgroup_section', 'limits_section',
-           'card_markdown', 'write_model_card']
+           'card_markdown', 'markdown_page', 'write_model_card']
 
 # %% ../nbs/21_card.ipynb #f064dc04
 def card_facts(root: str | Path = ".", params_path: str = "params.yaml") -> dict:
@@ -185,18 +185,22 @@ def card_markdown(f: dict) -> str:
     return head + warn + "\n".join(s(f) for s in parts)
 
 
-def write_model_card(root: str | Path = ".", params_path: str = "params.yaml", out: str = "reports/model_card") -> Path:
-    "Write `out`.md and `out`.html from the run in `root`; returns the HTML path."
+def markdown_page(md: str, title: str) -> str:
+    "A Markdown document as a standalone HTML page in the index's style, with a link back to the index."
     import mistune
 
+    body = mistune.create_markdown(plugins=["table"])(md)
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}blockquote{{background:#fcf3cf;color:#7d6608;margin:1em 0;padding:.6em 1em;"
+            f"border-left:4px solid #b7950b}}img{{max-width:100%}}</style></head><body><p><a href='index.html'>"
+            f"← report index</a></p>{body}</body></html>\n")
+
+
+def write_model_card(root: str | Path = ".", params_path: str = "params.yaml", out: str = "reports/model_card") -> Path:
+    "Write `out`.md and `out`.html from the run in `root`; returns the HTML path."
     md = card_markdown(card_facts(root, params_path))
     out = Path(root) / out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md, encoding="utf-8")
-    body = mistune.create_markdown(plugins=["table"])(md)
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Model card — derma-nb</title>"
-            f"<style>{_CSS}blockquote{{background:#fcf3cf;color:#7d6608;margin:1em 0;padding:.6em 1em;"
-            f"border-left:4px solid #b7950b}}</style></head><body><p><a href='index.html'>← report index</a></p>"
-            f"{body}</body></html>\n")
-    out.with_suffix(".html").write_text(page, encoding="utf-8")
+    out.with_suffix(".html").write_text(markdown_page(md, "Model card — derma-nb"), encoding="utf-8")
     return out.with_suffix(".html")
