@@ -21,7 +21,7 @@ from .config import ParamsError, flat_dict, load_params, log
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'overrides', 'params', 'cmd_sample', 'cmd_prepare', 'cmd_fetch', 'cmd_train', 'cmd_export',
            'cmd_predict', 'cmd_evaluate', 'cmd_report', 'cmd_results', 'cmd_public', 'cmd_scan', 'data_present',
-           'profile_sets', 'leftover_params', 'cmd_run', 'parser', 'user_errors', 'main']
+           'profile_sets', 'leftover_params', 'run_summary', 'cmd_run', 'parser', 'user_errors', 'main']
 
 # %% ../nbs/23_cli.ipynb #bc040f30
 COMMANDS: dict[str, tuple] = {}
@@ -241,7 +241,22 @@ def leftover_params(params_path: str, sets: dict) -> dict:
                     ", ".join(f"{k}={b} (committed: {a})" for k, (a, b) in left.items()), params_path)
     return left
 
-# %% ../nbs/23_cli.ipynb #72d570f5
+# %% ../nbs/23_cli.ipynb #7152e462
+def run_summary(root: str | Path = ".") -> str:
+    "The last lines of `derma-nb run`: promotion decision, headline test metrics, the pages to open."
+    root = Path(root)
+    promo = root / "reports/promotion.json"
+    if not promo.exists():
+        return "no promotion decision written (the evaluate stage did not run); see the stage messages above"
+    d = json.loads(promo.read_text())
+    m = d.get("metrics", {})
+    nums = ", ".join(f"{label} {m[k]:.3f}" for k, label in (("balanced_accuracy", "balanced accuracy"),
+                                                          ("macro_f1", "macro F1"), ("mel_recall", "melanoma recall"))
+                     if m.get(k) is not None)
+    return (f"decision: {d['decision'].upper()} ({d.get('arch', 'model')}) — test {nums}\n"
+            f"reports: {root / 'reports/index.html'} (start here), {root / 'reports/model_card.html'}")
+
+# %% ../nbs/23_cli.ipynb #813b5e05
 @command("run", "main job: synthetic sample if data/ is empty, then dvc repro",
          ("--profile", {"help": "profiles/NAME.yaml overrides, run as a DVC experiment (e.g. real, full)"}),
          ("dvc_args", {"nargs": argparse.REMAINDER, "help": "extra arguments for dvc, after -- (e.g. -- -n NAME)"}))
@@ -265,9 +280,11 @@ def cmd_run(args) -> int:
     t0 = time.time()
     rc = subprocess.call(cmd)
     log.info("dvc finished with exit code %d in %.1f s", rc, time.time() - t0)
+    if rc == 0:
+        print(run_summary())
     return rc
 
-# %% ../nbs/23_cli.ipynb #54435396
+# %% ../nbs/23_cli.ipynb #637da89c
 def parser() -> argparse.ArgumentParser:
     "The `derma-nb` argument parser, built from `COMMANDS`."
     ap = argparse.ArgumentParser(prog="derma-nb", description="Dermoscopic skin-lesion classification on HAM10000.")
@@ -282,7 +299,7 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
     return ap
 
-# %% ../nbs/23_cli.ipynb #52eae3b5
+# %% ../nbs/23_cli.ipynb #12e62a7d
 def user_errors() -> tuple[type, ...]:
     "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights)."
     from derma_nb.data import DataError
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"derma-nb {args.command}: error: {e}", file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #4aa9818e
+# %% ../nbs/23_cli.ipynb #5885ed7b
 #| eval: false
 if __name__ == "__main__":  # torchrun -m derma_nb.cli train (never run by nbdev_test)
     sys.exit(main())

@@ -13,7 +13,7 @@ from .config import CLASSES
 from .metrics import _check
 
 # %% auto #0
-__all__ = ['CURVES', 'plot_confusion', 'plot_roc', 'plot_reliability', 'plot_history', 'show_figure']
+__all__ = ['CURVES', 'plot_confusion', 'plot_roc', 'plot_reliability', 'plot_history', 'figure_alt', 'show_figure']
 
 # %% ../nbs/09_figures.ipynb #c3c2daec
 def _figure(figsize, **kw):
@@ -102,16 +102,26 @@ def plot_history(history: pd.DataFrame):
         axes[0][0].legend(fontsize=8)
     return fig
 
-# %% ../nbs/09_figures.ipynb #db9f8ad3
-def show_figure(fig, dpi: int = 100) -> None:
-    "Display a matplotlib Figure as an embedded PNG (papermill runs and JupyterLab alike) and close it."
+# %% ../nbs/09_figures.ipynb #8781d3c0
+def figure_alt(fig) -> str:
+    "A figure's alternative text for readers who cannot see it: its titles (suptitle, then the panels')."
+    titles = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    titles += [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return "; ".join(dict.fromkeys(titles)) or "figure"
+
+
+def show_figure(fig, dpi: int = 100, alt: str | None = None) -> None:
+    "Display a Figure as an embedded PNG with alternative text (papermill runs, JupyterLab, HTML reports), close it."
+    import base64
+    import html
     import io
 
-    from IPython.display import Image, display
+    from IPython.display import HTML, display
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    display(Image(data=buf.getvalue(), format="png"))
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    display(HTML(f'<img alt="{html.escape(alt or figure_alt(fig))}" src="data:image/png;base64,{b64}">'))
     try:
         import matplotlib.pyplot as plt
 

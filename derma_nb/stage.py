@@ -195,8 +195,12 @@ def run_stage(name: str, params_path: str = "params.yaml", stages_dir: str | Pat
     src, out = Path(stages_dir) / f"{name}.ipynb", Path(out_dir) / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("papermill").setLevel(logging.WARNING)
+    # the kernel's own start-up notices ("running over TCP without encryption": a local kernel on loopback) and
+    # tqdm's "IProgress not found" (no ipywidgets in a headless run) say nothing about the stage
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))
     pm.execute_notebook(src, out, parameters={"params_path": params_path}, cwd=".", progress_bar=False,
-                        log_output=False, stderr_file=sys.stderr, kernel_name="python3")
+                        log_output=False, stderr_file=sys.stderr, kernel_name="python3",
+                        extra_arguments=["--IPKernelApp.log_level=ERROR"])
     return render_html(out, f"{STAGE_TITLES[name]} — derma-nb")
 
 # %% ../nbs/19_stage.ipynb #2362ea4f
