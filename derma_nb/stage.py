@@ -19,8 +19,8 @@ from .config import Params, get_dotted, load_params, log, set_dotted
 from .runtime import pick_device, seed_everything
 
 # %% auto #0
-__all__ = ['STAGE_TITLES', 'select_params', 'git_commit', 'run_identity', 'read_manifest', 'log_to_stderr', 'Stage',
-           'promotion_decision', 'render_html', 'run_stage', 'main']
+__all__ = ['STAGE_TITLES', 'SYNTHETIC_BANNER', 'select_params', 'git_commit', 'run_identity', 'read_manifest', 'log_to_stderr',
+           'Stage', 'promotion_decision', 'page_header', 'render_html', 'run_stage', 'main']
 
 # %% ../nbs/19_stage.ipynb #9c3d9dfe
 def select_params(p: Params, keys) -> dict:
@@ -169,8 +169,25 @@ STAGE_TITLES = {"prepare": "Data preparation", "eda": "Exploratory data analysis
 "The notebook stages, in pipeline order, with the title of their report."
 
 
-def render_html(executed: Path, title: str) -> Path:
-    "The executed notebook as HTML next to it: code and log lines (stderr) left out, the page titled `title`."
+SYNTHETIC_BANNER = ("SYNTHETIC sample: drawn lesions, not patient data. The numbers on this page test the pipeline, "
+                    "not dermoscopy.")
+"The banner every stage report carries when the run's data is the synthetic sample."
+
+
+def page_header(current: str | None = None, synthetic: bool = False) -> str:
+    "The top of every stage report: a link to the index, links to the other stage reports, the synthetic banner."
+    links = " · ".join(f"<b>{t}</b>" if n == current else f"<a href='{n}.html'>{t}</a>" for n, t in STAGE_TITLES.items())
+    banner = (f"<p style='background:#fcf3cf;color:#7d6608;border-left:4px solid #b7950b;padding:.5em 1em;"
+              f"font-weight:600'>{SYNTHETIC_BANNER}</p>" if synthetic else "")
+    return (f"<nav style='font:14px system-ui,sans-serif;padding:.6em 1em;border-bottom:1px solid #d5d8dc'>"
+            f"<a href='index.html'>← report index</a> &nbsp;|&nbsp; {links} · <a href='model_card.html'>Model card</a>"
+            f"</nav><div style='padding:0 1em'>{banner}</div>")
+
+
+def render_html(executed: Path, title: str, header: str = "") -> Path:
+    "The executed notebook as HTML next to it: code and log lines (stderr) left out, titled `title`, `header` on top."
+    import re
+
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -181,7 +198,7 @@ def render_html(executed: Path, title: str) -> Path:
     html, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
         nb, resources={"metadata": {"name": title}})
     out = executed.with_suffix(".html")
-    out.write_text(html, encoding="utf-8")
+    out.write_text(re.sub(r"(<body[^>]*>)", lambda m: m[1] + header, html, count=1), encoding="utf-8")
     return out
 
 # %% ../nbs/19_stage.ipynb #39568e5a
@@ -201,7 +218,8 @@ def run_stage(name: str, params_path: str = "params.yaml", stages_dir: str | Pat
     pm.execute_notebook(src, out, parameters={"params_path": params_path}, cwd=".", progress_bar=False,
                         log_output=False, stderr_file=sys.stderr, kernel_name="python3",
                         extra_arguments=["--IPKernelApp.log_level=ERROR"])
-    return render_html(out, f"{STAGE_TITLES[name]} — derma-nb")
+    synthetic = bool(read_manifest(load_params(params_path)).get("synthetic"))
+    return render_html(out, f"{STAGE_TITLES[name]} — derma-nb", page_header(name, synthetic))
 
 # %% ../nbs/19_stage.ipynb #2362ea4f
 def main(argv: list[str] | None = None) -> int:

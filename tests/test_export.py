@@ -196,5 +196,9 @@ def test_predict_applies_the_stored_decisions(sample, tmp_path):
     assert js["synthetic_model"] is True
     table = predict_main(files, ckpt)
     assert table.splitlines()[1] == SYNTHETIC_WARNING and "T = 2.00" in table and "4 test-time view(s)" in table
+    real = save_model(tmp_path / "real.pt", m, image_size=32, decision=asdict(d), data={"synthetic": False})
+    out = predict_main(files, real)
+    assert SYNTHETIC_WARNING not in out and "SYNTHETIC" not in out and out.startswith(NOTICE)
+    assert json.loads(predict_main(files, real, "json"))["synthetic_model"] is False
     onnx = export_checkpoint(ckpt, tmp_path / "r.onnx")  # the decisions travel in the sidecar
     np.testing.assert_allclose(Predictor(onnx).predict_files(files)[PROBS].to_numpy(), want, atol=1e-4)
