@@ -178,8 +178,9 @@ def page_header(current: str | None = None, synthetic: bool = False) -> str:
     "The top of every stage report: a link to the index, links to the other stage reports, the synthetic banner."
     links = " · ".join(f"<b>{t}</b>" if n == current else f"<a href='{n}.html'>{t}</a>" for n, t in STAGE_TITLES.items())
     banner = (f"<p style='background:#fcf3cf;color:#7d6608;border-left:4px solid #b7950b;padding:.5em 1em;"
-              f"font-weight:600'>{SYNTHETIC_BANNER}</p>" if synthetic else "")
-    return (f"<nav style='font:14px system-ui,sans-serif;padding:.6em 1em;border-bottom:1px solid #d5d8dc'>"
+              f"font:600 15px system-ui,sans-serif'>{SYNTHETIC_BANNER}</p>" if synthetic else "")
+    return (f"<style>nav.dn a{{color:#1f618d;text-decoration:underline}}</style>"
+            f"<nav class='dn' style='font:14px system-ui,sans-serif;padding:.6em 1em;border-bottom:1px solid #d5d8dc'>"
             f"<a href='index.html'>← report index</a> &nbsp;|&nbsp; {links} · <a href='model_card.html'>Model card</a>"
             f"</nav><div style='padding:0 1em'>{banner}</div>")
 
