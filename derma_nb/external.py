@@ -97,7 +97,7 @@ def external_markdown(res: dict, info: dict) -> str:
            "\n## Calibration\n", _table(list(res["calibration"]), [[f"{v:.4f}" for v in res["calibration"].values()]])]
     if "mel_operating_point" in res:
         op = res["mel_operating_point"]
-        md += ["\n## Melanoma flag\n", f"Flagged when P(mel) ≥ {op['threshold']} (chosen on the pipeline's "
+        md += ["\n## Melanoma flag\n", f"Flagged when P(mel) ≥ {op['threshold']:.4f} (chosen on the pipeline's "
                f"validation split): sensitivity **{ci_text(op['sensitivity'])}**, specificity "
                f"**{ci_text(op['specificity'])}**, {op['flagged']} images flagged.\n",
                f"\n## Prediction sets (target coverage {1 - res['conformal']['alpha']:.2f})\n",
