@@ -20,8 +20,8 @@ from .config import ParamsError, flat_dict, load_params, log
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'overrides', 'params', 'cmd_sample', 'cmd_prepare', 'cmd_fetch', 'cmd_train', 'cmd_export',
-           'cmd_predict', 'cmd_evaluate', 'cmd_report', 'cmd_results', 'cmd_public', 'cmd_scan', 'data_present',
-           'profile_sets', 'leftover_params', 'run_summary', 'cmd_run', 'parser', 'user_errors', 'main']
+           'cmd_predict', 'cmd_evaluate', 'cmd_serve', 'cmd_report', 'cmd_results', 'cmd_public', 'cmd_scan',
+           'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'cmd_run', 'parser', 'user_errors', 'main']
 
 # %% ../nbs/23_cli.ipynb #bc040f30
 COMMANDS: dict[str, tuple] = {}
@@ -138,12 +138,14 @@ def cmd_export(args) -> int:
 @command("predict", "decision support per image: top class, prediction set, melanoma flag (same preprocessing as training)",
          ("images", {"nargs": "+", "help": "image files or folders"}),
          ("--model", {"default": "artifacts/release/model.pt", "help": ".pt model or .onnx export (default: the released model)"}),
-         ("--format", {"default": "table", "choices": ("table", "csv", "json")}))
+         ("--format", {"default": "table", "choices": ("table", "csv", "json")}),
+         ("--views", {"type": int, "help": "test-time views with their own stored decisions (default: the model's; "
+                                           "1 = fastest)"}))
 def cmd_predict(args) -> int:
     "Print decision support for images (the notice and, for a synthetic-sample model, a warning first)."
     from derma_nb.export import predict_main
 
-    print(predict_main(args.images, args.model, fmt=args.format))
+    print(predict_main(args.images, args.model, fmt=args.format, views=args.views))
     return 0
 
 # %% ../nbs/23_cli.ipynb #57a554b9
@@ -162,7 +164,23 @@ def cmd_evaluate(args) -> int:
     print(f"wrote {page} (and .md, .json beside it)")
     return 0
 
-# %% ../nbs/23_cli.ipynb #1a8d8c6f
+# %% ../nbs/23_cli.ipynb #3b29b030
+@command("serve", "serve the model over HTTP: a page to try it at /, POST /predict, /health, /docs",
+         ("--model", {"default": "artifacts/export/model.onnx", "help": ".onnx export (default) or .pt model"}),
+         ("--host", {"default": "127.0.0.1", "help": "address to listen on (0.0.0.0: every interface)"}),
+         ("--port", {"type": int, "default": 8000}),
+         ("--views", {"type": int, "help": "test-time views with their own stored decisions (default: the model's; "
+                                           "1 = fastest)"}),
+         ("--cam-model", {"default": "artifacts/release/model.pt", "help": "PyTorch checkpoint for Grad-CAM overlays"}),
+         ("--max-batch", {"type": int, "default": 16, "help": "most concurrent requests predicted in one call"}))
+def cmd_serve(args) -> int:
+    "Serve until interrupted (Ctrl+C)."
+    from derma_nb.serve import serve
+
+    serve(args.model, args.host, args.port, args.views, args.cam_model, max_batch=args.max_batch)
+    return 0
+
+# %% ../nbs/23_cli.ipynb #a62afe53
 @command("report", "write reports/index.html")
 def cmd_report(args) -> int:
     "Write the reviewers' index page."
@@ -187,7 +205,7 @@ def cmd_results(args) -> int:
     print(f"wrote {out}")
     return 0
 
-# %% ../nbs/23_cli.ipynb #71f2f322
+# %% ../nbs/23_cli.ipynb #b5bdfeb3
 @command("public-export", "sanitized public variant of the reports (index, metrics, plots)",
          ("--reports", {"default": "reports"}), ("--out", {"default": "public"}))
 def cmd_public(args) -> int:
@@ -209,7 +227,7 @@ def cmd_scan(args) -> int:
     print(f"{len(found)} leak(s) found in {args.folder}")
     return 1 if found else 0
 
-# %% ../nbs/23_cli.ipynb #abea9a10
+# %% ../nbs/23_cli.ipynb #029c67ec
 def data_present(data_dir: Path) -> bool:
     "True when `data_dir` exists and holds any file."
     return data_dir.exists() and any(p.is_file() for p in data_dir.rglob("*")) if data_dir.is_dir() else data_dir.exists()
@@ -224,7 +242,7 @@ def profile_sets(name: str, folder: str | Path = "profiles") -> dict:
         raise ParamsError(f"{prof}: no such profile (available: {sorted(q.stem for q in Path(folder).glob('*.yaml'))})")
     return read_yaml(prof)
 
-# %% ../nbs/23_cli.ipynb #c5649017
+# %% ../nbs/23_cli.ipynb #f17613d0
 def leftover_params(params_path: str, sets: dict) -> dict:
     "Keys where the workspace params differ from the committed ones and that `sets` does not override (warned)."
     got = subprocess.run(["git", "show", f"HEAD:./{params_path}"], capture_output=True, text=True)
@@ -241,7 +259,7 @@ def leftover_params(params_path: str, sets: dict) -> dict:
                     ", ".join(f"{k}={b} (committed: {a})" for k, (a, b) in left.items()), params_path)
     return left
 
-# %% ../nbs/23_cli.ipynb #7152e462
+# %% ../nbs/23_cli.ipynb #7166f4d7
 def run_summary(root: str | Path = ".") -> str:
     "The last lines of `derma-nb run`: promotion decision, headline test metrics, the pages to open."
     root = Path(root)
@@ -256,7 +274,7 @@ def run_summary(root: str | Path = ".") -> str:
     return (f"decision: {d['decision'].upper()} ({d.get('arch', 'model')}) — test {nums}\n"
             f"reports: {root / 'reports/index.html'} (start here), {root / 'reports/model_card.html'}")
 
-# %% ../nbs/23_cli.ipynb #813b5e05
+# %% ../nbs/23_cli.ipynb #3cbfc466
 @command("run", "main job: synthetic sample if data/ is empty, then dvc repro",
          ("--profile", {"help": "profiles/NAME.yaml overrides, run as a DVC experiment (e.g. real, full)"}),
          ("dvc_args", {"nargs": argparse.REMAINDER, "help": "extra arguments for dvc, after -- (e.g. -- -n NAME)"}))
@@ -284,7 +302,7 @@ def cmd_run(args) -> int:
         print(run_summary())
     return rc
 
-# %% ../nbs/23_cli.ipynb #637da89c
+# %% ../nbs/23_cli.ipynb #36cba3d8
 def parser() -> argparse.ArgumentParser:
     "The `derma-nb` argument parser, built from `COMMANDS`."
     ap = argparse.ArgumentParser(prog="derma-nb", description="Dermoscopic skin-lesion classification on HAM10000.")
@@ -299,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
     return ap
 
-# %% ../nbs/23_cli.ipynb #12e62a7d
+# %% ../nbs/23_cli.ipynb #5835fac2
 def user_errors() -> tuple[type, ...]:
     "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights)."
     from derma_nb.data import DataError
@@ -319,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"derma-nb {args.command}: error: {e}", file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #5885ed7b
+# %% ../nbs/23_cli.ipynb #72cf6785
 #| eval: false
 if __name__ == "__main__":  # torchrun -m derma_nb.cli train (never run by nbdev_test)
     sys.exit(main())

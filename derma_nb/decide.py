@@ -16,8 +16,8 @@ from .metrics import bootstrap_ratio
 
 # %% auto #0
 __all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'calibrated_probs', 'nll', 'fit_temperature', 'mel_threshold', 'operating_point',
-           'conformal_quantile', 'prediction_sets', 'Decision', 'decide', 'describe', 'mel_flag_results',
-           'coverage_rows']
+           'conformal_quantile', 'prediction_sets', 'Decision', 'decide', 'decision_for', 'describe',
+           'mel_flag_results', 'coverage_rows']
 
 # %% ../nbs/14_decide.ipynb #87d3fbe8
 RELEASE_MODEL = "artifacts/release/model.pt"
@@ -112,7 +112,19 @@ def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensit
     return Decision(views, T, mel_threshold(p[:, mel], np.asarray(y_val) == mel, mel_sensitivity),
                     conformal_quantile(p, y_val, alpha, classwise))
 
-# %% ../nbs/14_decide.ipynb #597b87be
+# %% ../nbs/14_decide.ipynb #fd2eba40
+def decision_for(meta: dict, views: int | None = None) -> Decision | None:
+    "The stored `Decision` fitted for `views` test-time views (None: the main one); None when the model has none."
+    found = [Decision(**d) for d in [meta.get("decision")] + list(meta.get("decision_alternatives") or []) if d]
+    if not found or views is None:
+        return found[0] if found else None
+    for d in found:
+        if d.views == views:
+            return d
+    raise ValueError(f"this model stores decisions fitted on validation for {sorted({d.views for d in found})} "
+                     f"test-time view(s), not {views}; use one of those (or rerun the decide stage)")
+
+# %% ../nbs/14_decide.ipynb #4de3d9e5
 def describe(probs_row, decision: Decision | None, classes=CLASSES) -> dict:
     "One image's decision support: top class and its probability, the prediction set, the melanoma flag."
     p = np.asarray(probs_row, float)
@@ -127,7 +139,7 @@ def describe(probs_row, decision: Decision | None, classes=CLASSES) -> dict:
         out["melanoma_suspected"] = bool(p[classes.index("mel")] >= decision.mel["threshold"])
     return out
 
-# %% ../nbs/14_decide.ipynb #c76aceb9
+# %% ../nbs/14_decide.ipynb #99d4c046
 def _ratio(values, mask, groups, n_boot, seed) -> dict:
     return {k: v for k, v in bootstrap_ratio(values, mask, groups, n_boot, seed).items() if k != "n"}
 

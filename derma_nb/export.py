@@ -20,7 +20,7 @@ from .config import CLASS_NAMES, CLASSES, load_params, log
 from .runtime import write_json
 from .data import IMAGE_SUFFIXES, DataError, decode_for_model, scan_dataset
 from .metrics import HEADLINE, classification_metrics
-from .decide import RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, describe
+from .decide import RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, decision_for, describe
 from .model import ModelFileError, load_model
 
 # %% auto #0
@@ -168,7 +168,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     "Decision support for image files or uint8 batches, from a derma_nb model file (.pt) or an exported .onnx."
 
-    def __init__(self, model_path: str | Path = RELEASE_MODEL, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model_path: str | Path = RELEASE_MODEL, device: str = "cpu", batch_size: int = 64,
+                 views: int | None = None):
         self.path = Path(model_path)
         if not self.path.exists():
             raise ModelFileError(f"{self.path}: model file not found; `derma-nb run` writes the pipeline's model to "
@@ -187,8 +188,11 @@ class Predictor:
             self.model, self.meta = load_model(self.path, map_location=self.device)
         self.classes = tuple(self.meta["classes"])
         self.image_size, self.resize = int(self.meta["image_size"]), self.meta.get("resize", "center_crop")
-        self.decision = Decision(**self.meta["decision"]) if self.meta.get("decision") else None
-        self.views = self.decision.views if self.decision else 1
+        try:  # the decisions fitted on validation for these views (None: the main one)
+            self.decision = decision_for(self.meta, views)
+        except ValueError as e:
+            raise ModelFileError(f"{self.path}: {e}") from None
+        self.views = self.decision.views if self.decision else (views or 1)
         self.synthetic = (self.meta.get("data") or {}).get("synthetic")
 
     def __repr__(self):
@@ -219,10 +223,10 @@ class Predictor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, S, S):
             raise ValueError(f"expected a batch of {S}x{S} RGB images (B,{S},{S},3) or (B,3,{S},{S}), got "
                              f"{tuple(x.shape)}; decode files with decode_for_model or use predict_files")
-        out = [[self._logits(unit_batch(dihedral(x[s:s + self.batch_size], v))) for s in range(0, len(x),
-                                                                                           self.batch_size)]
-               for v in range(self.views)]
-        return np.stack([np.concatenate(o) if o else np.zeros((0, len(self.classes))) for o in out])
+        step = max(1, self.batch_size // self.views)  # all views of a chunk in one call: one batch, not `views`
+        out = [self._logits(unit_batch(torch.cat([dihedral(x[s:s + step], v) for v in range(self.views)])))
+               .reshape(self.views, len(x[s:s + step]), -1) for s in range(0, len(x), step)]
+        return np.concatenate(out, 1) if out else np.zeros((self.views, 0, len(self.classes)), dtype=np.float32)
 
     def predict_arrays(self, images) -> np.ndarray:
         "Probabilities (B, classes): the stored test-time views and calibration applied."
@@ -303,16 +307,16 @@ def predict_table(pred: Predictor, rows: list[dict]) -> str:
         lines.append(f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {100 * r['top_probability']:>3.0f}%  {pset:<{sw}}  {flag}")
     return "\n".join(lines)
 
-# %% ../nbs/16_export.ipynb #678b77f0
+# %% ../nbs/16_export.ipynb #70f4f7c5
 def predict_main(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "table", device: str = "cpu",
-                 batch_size: int = 64) -> str:
+                 batch_size: int = 64, views: int | None = None) -> str:
     "Decision support for image files (or folders of them) as a table for people, or csv/json with the same fields."
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     files = expand_image_paths(paths)
     if not files:
         raise DataError("no image files given")
-    pred = Predictor(model_path, device=device, batch_size=batch_size)
+    pred = Predictor(model_path, device=device, batch_size=batch_size, views=views)
     rows = pred.describe_files(files)
     if fmt == "table":
         return predict_table(pred, rows)
