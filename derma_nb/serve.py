@@ -119,6 +119,7 @@ def _prediction(served: ServedModel, probs: np.ndarray, name: str, t0: float) ->
     p = served.predictor
     return {"file": name, **describe(probs, p.decision, p.classes), "notice": NOTICE,
             "synthetic_model": bool(p.synthetic), "warning": SYNTHETIC_WARNING if p.synthetic else None,
+            "prediction_set_coverage": 1 - p.decision.conformal["alpha"] if p.decision and p.decision.conformal else None,
             "model": model_line(p), "views": p.views, "cam": None, "cam_note": None,
             "ms": round(1000 * (time.perf_counter() - t0), 2)}
 
@@ -204,12 +205,12 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>derma-nb: try the model</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body{font-family:system-ui,sans-serif;max-width:60rem;margin:1.5rem auto;padding:0 1rem;color:#222;font-size:16px}
+body{font-family:system-ui,sans-serif;max-width:68rem;margin:1.5rem auto;padding:0 1rem;color:#222;font-size:16px}
 .notice{background:#eef4fb;border-left:4px solid #3a6ea5;padding:.6rem .8rem}
 .warn{background:#fde8e8;border-left:4px solid #b00020;padding:.6rem .8rem;font-weight:600}
 .model{color:#555;font-size:.9rem} form{margin:1rem 0} button{font-size:1rem;padding:.3rem 1rem}
 #result{display:none} .row{display:flex;gap:1.5rem;flex-wrap:wrap} figure{margin:0} figcaption{font-size:.9rem}
-img.view{width:256px;height:256px;image-rendering:auto;border:1px solid #ccc}
+img.view{width:224px;height:224px;image-rendering:auto;border:1px solid #ccc}
 table{border-collapse:collapse} td,th{padding:.2rem .5rem;text-align:left} td.num{text-align:right}
 .bar{background:#3a6ea5;height:.8rem} .flag{color:#b00020;font-weight:700} .error{color:#b00020;font-weight:600}
 </style></head><body>
@@ -241,7 +242,7 @@ document.getElementById("f").addEventListener("submit", async ev => {
                document.getElementById("result").style.display = "none"; return; }
   status.textContent = "done in " + j.ms.toFixed(0) + " ms";
   document.getElementById("top").textContent = "Most likely: " + j.top_class + " (" + (names[j.top_class] || "") + "), " + pct(j.top_probability);
-  document.getElementById("set").textContent = j.prediction_set ? "Prediction set (contains the true class 9 times in 10 on validation): " + j.prediction_set.join(", ") : "";
+  document.getElementById("set").textContent = j.prediction_set ? "Prediction set (built on validation to contain the true class " + pct(j.prediction_set_coverage) + " of the time): " + j.prediction_set.join(", ") : "";
   const mel = document.getElementById("mel");
   mel.textContent = j.melanoma_suspected === null ? "" : (j.melanoma_suspected ? "Melanoma suspected: P(mel) " + pct(j.probabilities.mel) + " is above the operating threshold" : "Melanoma not flagged (P(mel) " + pct(j.probabilities.mel) + ")");
   mel.className = j.melanoma_suspected ? "flag" : "";
