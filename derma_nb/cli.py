@@ -153,14 +153,17 @@ def cmd_predict(args) -> int:
          ("--data", {"required": True, "help": "dataset folder (metadata CSV + images), e.g. a clinic's own images"}),
          ("--model", {"default": "artifacts/release/model.pt", "help": ".pt model or .onnx export"}),
          ("--name", {"help": "report name (default: the folder's name) -> reports/external/NAME.html"}),
-         ("--n-boot", {"type": int, "default": 1000, "help": "bootstrap resamples of lesions for the 95% CIs"}))
+         ("--n-boot", {"type": int, "default": 1000, "help": "bootstrap resamples of lesions for the 95% CIs"}),
+         ("--views", {"type": int, "help": "test-time views with their own stored decisions (default: the model's; "
+                                           "1 = fastest)"}))
 def cmd_evaluate(args) -> int:
     "External evaluation: same preprocessing, metrics, lesion-bootstrap CIs and stored decisions; an HTML report."
     from derma_nb.external import evaluate_external
 
     p = params(args)
     page = evaluate_external(args.data, args.model, args.name, n_boot=args.n_boot, seed=p.seed,
-                             lenient=p.data.lenient, workers=p.prepare.workers, prepared_dir=p.prepare.out)
+                             lenient=p.data.lenient, workers=p.prepare.workers, prepared_dir=p.prepare.out,
+                             views=args.views)
     print(f"wrote {page} (and .md, .json beside it)")
     return 0
 
