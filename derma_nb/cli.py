@@ -200,12 +200,15 @@ def cmd_report(args) -> int:
          ("--base", {"help": "with --experiments: the experiment the others are compared with"}),
          ("--rev", {"action": "append", "help": "with --experiments: the commit(s) the experiments started from"}))
 def cmd_results(args) -> int:
-    "Write results/<name>.{md,json} and the README results table (or the experiments table)."
+    "Write results/<name>.{md,json} and the README results table (or the experiments table); refresh the docs home page."
+    from derma_nb.docs import write_docs_index
     from derma_nb.report import write_experiments, write_results
 
     out = write_experiments(args.run_dir, base=args.base, rev=args.rev) if args.experiments \
         else write_results(args.run_dir, args.name)
     print(f"wrote {out}")
+    if Path("nbs").is_dir() and Path("README.md").is_file():  # in a checkout: nbs/index.ipynb is generated from README
+        print(f"wrote {write_docs_index('.')}")
     return 0
 
 # %% ../nbs/23_cli.ipynb #b5bdfeb3
