@@ -6,7 +6,7 @@
 __all__ = ['MAX_UPLOAD_BYTES', 'PAGE', 'MicroBatcher', 'ServedModel', 'check_upload', 'add_predict', 'create_app', 'page_html',
            'serve']
 
-# %% ../nbs/25_serve.ipynb #9d0abc90
+# %% ../nbs/25_serve.ipynb #9fecfd2d
 import asyncio
 import base64
 import html
@@ -23,7 +23,7 @@ from .decide import RELEASE_MODEL, RELEASE_ONNX, describe
 from .export import NOTICE, SYNTHETIC_WARNING, Predictor, model_line
 from .runtime import sha256_file
 
-# %% ../nbs/25_serve.ipynb #458ec49d
+# %% ../nbs/25_serve.ipynb #4437aec0
 class MicroBatcher:
     "Queue single images; a worker predicts what is waiting (≤ `max_batch`) in one call of `predict` (in a thread)."
 
@@ -59,7 +59,7 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_result(out[k]) if out is not None else fut.set_exception(err)
 
-# %% ../nbs/25_serve.ipynb #c032c12f
+# %% ../nbs/25_serve.ipynb #31559438
 class ServedModel:
     "A `Predictor` plus what `/health` reports, and Grad-CAM overlays from the PyTorch checkpoint when it exists."
 
@@ -92,7 +92,7 @@ class ServedModel:
         Image.fromarray(overlay(image, cam)).save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
-# %% ../nbs/25_serve.ipynb #4eafcfe6
+# %% ../nbs/25_serve.ipynb #a6ead7ea
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 "Largest upload accepted (a dermoscopic JPEG is a few hundred kB; a camera's raw export is not an input)."
 
@@ -108,7 +108,7 @@ def check_upload(content_type: str | None, size: int | None, max_bytes: int = MA
         return 400, "the upload is empty (0 bytes): send the image file's content"
     return None
 
-# %% ../nbs/25_serve.ipynb #4ef758fe
+# %% ../nbs/25_serve.ipynb #92c688b4
 def _error(status: int, message: str):
     from fastapi.responses import JSONResponse
 
@@ -123,7 +123,7 @@ def _prediction(served: ServedModel, probs: np.ndarray, name: str, t0: float) ->
             "model": model_line(p), "views": p.views, "cam": None, "cam_note": None,
             "ms": round(1000 * (time.perf_counter() - t0), 2)}
 
-# %% ../nbs/25_serve.ipynb #1839476f
+# %% ../nbs/25_serve.ipynb #8be44d9c
 def add_predict(app, served: ServedModel, batcher: MicroBatcher, max_bytes: int = MAX_UPLOAD_BYTES):
     "Register `POST /predict` on `app`."
     from fastapi import File, Request, UploadFile
@@ -155,7 +155,7 @@ def add_predict(app, served: ServedModel, batcher: MicroBatcher, max_bytes: int 
         out["ms"] = round(1000 * (time.perf_counter() - t0), 2)
         return out
 
-# %% ../nbs/25_serve.ipynb #130392b9
+# %% ../nbs/25_serve.ipynb #21dbf415
 def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
                cam_model: str | Path | None = RELEASE_MODEL, card: str | Path = "reports/model_card.html",
                max_batch: int = 16, max_bytes: int = MAX_UPLOAD_BYTES):
@@ -200,7 +200,7 @@ def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
     add_predict(app, served, batcher, max_bytes)
     return app
 
-# %% ../nbs/25_serve.ipynb #d18db223
+# %% ../nbs/25_serve.ipynb #425ba796
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>derma-nb: try the model</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -273,7 +273,7 @@ def page_html(served: ServedModel) -> str:
     return Template(PAGE).substitute(notice=html.escape(NOTICE), warning=warning,
                                      model_line=html.escape(model_line(p)), names=json.dumps(CLASS_NAMES))
 
-# %% ../nbs/25_serve.ipynb #216c90cd
+# %% ../nbs/25_serve.ipynb #4fcb8e5e
 def serve(model_path: str | Path = RELEASE_ONNX, host: str = "127.0.0.1", port: int = 8000, views: int | None = None,
           cam_model: str | Path | None = RELEASE_MODEL, card: str | Path = "reports/model_card.html",
           max_batch: int = 16):
