@@ -20,8 +20,8 @@ from .config import ParamsError, flat_dict, load_params, log
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'overrides', 'params', 'cmd_sample', 'cmd_prepare', 'cmd_fetch', 'cmd_train', 'cmd_export',
-           'cmd_predict', 'cmd_evaluate', 'cmd_report', 'cmd_results', 'cmd_public', 'cmd_scan', 'data_present',
-           'profile_sets', 'leftover_params', 'run_summary', 'cmd_run', 'parser', 'user_errors', 'main']
+           'cmd_predict', 'cmd_evaluate', 'cmd_report', 'cmd_results', 'cmd_plots', 'cmd_public', 'cmd_scan',
+           'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'cmd_run', 'parser', 'user_errors', 'main']
 
 # %% ../nbs/23_cli.ipynb #bc040f30
 COMMANDS: dict[str, tuple] = {}
@@ -187,7 +187,18 @@ def cmd_results(args) -> int:
     print(f"wrote {out}")
     return 0
 
-# %% ../nbs/23_cli.ipynb #71f2f322
+# %% ../nbs/23_cli.ipynb #fdda3fa5
+@command("plots", "offline plots page (dvc plots show, Vega inlined) -> reports/plots/index.html",
+         ("revs", {"nargs": "*", "help": "git revisions or experiments to compare (dvc plots diff); none: workspace"}),
+         ("--out", {"default": "reports/plots", "help": "folder of the page"}))
+def cmd_plots(args) -> int:
+    "Write the plots page of dvc.yaml's charts, viewable offline."
+    from derma_nb.views import show_plots
+
+    print(f"wrote {show_plots(args.revs, args.out)}")
+    return 0
+
+# %% ../nbs/23_cli.ipynb #3b59ddf1
 @command("public-export", "sanitized public variant of the reports (index, metrics, plots)",
          ("--reports", {"default": "reports"}), ("--out", {"default": "public"}))
 def cmd_public(args) -> int:
@@ -209,7 +220,7 @@ def cmd_scan(args) -> int:
     print(f"{len(found)} leak(s) found in {args.folder}")
     return 1 if found else 0
 
-# %% ../nbs/23_cli.ipynb #abea9a10
+# %% ../nbs/23_cli.ipynb #c2525429
 def data_present(data_dir: Path) -> bool:
     "True when `data_dir` exists and holds any file."
     return data_dir.exists() and any(p.is_file() for p in data_dir.rglob("*")) if data_dir.is_dir() else data_dir.exists()
@@ -224,7 +235,7 @@ def profile_sets(name: str, folder: str | Path = "profiles") -> dict:
         raise ParamsError(f"{prof}: no such profile (available: {sorted(q.stem for q in Path(folder).glob('*.yaml'))})")
     return read_yaml(prof)
 
-# %% ../nbs/23_cli.ipynb #c5649017
+# %% ../nbs/23_cli.ipynb #544aab4e
 def leftover_params(params_path: str, sets: dict) -> dict:
     "Keys where the workspace params differ from the committed ones and that `sets` does not override (warned)."
     got = subprocess.run(["git", "show", f"HEAD:./{params_path}"], capture_output=True, text=True)
@@ -241,7 +252,7 @@ def leftover_params(params_path: str, sets: dict) -> dict:
                     ", ".join(f"{k}={b} (committed: {a})" for k, (a, b) in left.items()), params_path)
     return left
 
-# %% ../nbs/23_cli.ipynb #7152e462
+# %% ../nbs/23_cli.ipynb #27ff90b9
 def run_summary(root: str | Path = ".") -> str:
     "The last lines of `derma-nb run`: promotion decision, headline test metrics, the pages to open."
     root = Path(root)
@@ -256,7 +267,7 @@ def run_summary(root: str | Path = ".") -> str:
     return (f"decision: {d['decision'].upper()} ({d.get('arch', 'model')}) — test {nums}\n"
             f"reports: {root / 'reports/index.html'} (start here), {root / 'reports/model_card.html'}")
 
-# %% ../nbs/23_cli.ipynb #813b5e05
+# %% ../nbs/23_cli.ipynb #32a7d380
 @command("run", "main job: synthetic sample if data/ is empty, then dvc repro",
          ("--profile", {"help": "profiles/NAME.yaml overrides, run as a DVC experiment (e.g. real, full)"}),
          ("dvc_args", {"nargs": argparse.REMAINDER, "help": "extra arguments for dvc, after -- (e.g. -- -n NAME)"}))
@@ -284,7 +295,7 @@ def cmd_run(args) -> int:
         print(run_summary())
     return rc
 
-# %% ../nbs/23_cli.ipynb #637da89c
+# %% ../nbs/23_cli.ipynb #201c88ef
 def parser() -> argparse.ArgumentParser:
     "The `derma-nb` argument parser, built from `COMMANDS`."
     ap = argparse.ArgumentParser(prog="derma-nb", description="Dermoscopic skin-lesion classification on HAM10000.")
@@ -299,7 +310,7 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
     return ap
 
-# %% ../nbs/23_cli.ipynb #12e62a7d
+# %% ../nbs/23_cli.ipynb #f2c3929b
 def user_errors() -> tuple[type, ...]:
     "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights)."
     from derma_nb.data import DataError
@@ -319,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"derma-nb {args.command}: error: {e}", file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #5885ed7b
+# %% ../nbs/23_cli.ipynb #6d5da5fe
 #| eval: false
 if __name__ == "__main__":  # torchrun -m derma_nb.cli train (never run by nbdev_test)
     sys.exit(main())
