@@ -17,9 +17,9 @@ from .metrics import HEADLINE
 from .stage import STAGE_TITLES, git_commit, run_identity
 
 # %% auto #0
-__all__ = ['REFERENCES', 'RESULT_KEYS', 'headline_section', 'promotion_section', 'training_section', 'stages_section',
-           'identity_section', 'write_index', 'results_table', 'write_results', 'collect_experiments',
-           'experiments_table', 'write_experiments', 'main']
+__all__ = ['REFERENCES', 'RESULT_KEYS', 'SUMMARY_KEYS', 'headline_section', 'promotion_section', 'training_section',
+           'stages_section', 'identity_section', 'write_index', 'results_table', 'write_results', 'collect_experiments',
+           'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
 
 # %% ../nbs/20_report.ipynb #3fb71541
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -38,6 +38,11 @@ def _fmt(v, digits=4):
 
 def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _timings(root: Path) -> dict:
+    "The run's wall times, kept out of the compared metrics: {'train': ..., 'baseline': ...} from reports/timings/."
+    return {n: _load_json(root / f"reports/timings/{n}.json") for n in ("train", "baseline")}
 
 # %% ../nbs/20_report.ipynb #677c300a
 def _ci_cell(v, c: dict | None) -> str:
@@ -71,9 +76,9 @@ def promotion_section(promo: dict) -> str:
             f"(test split)</th><th>value</th><th>result</th></tr>{gates}</table></section>")
 
 
-def training_section(train: dict, base: dict) -> str:
-    "What trained where, its best epoch and how long each phase took."
-    tm, best = train.get("timings", {}), train.get("best", {})
+def training_section(train: dict, timings: dict) -> str:
+    "What trained where, its best epoch and how long each phase took (`timings` as `_timings` reads them)."
+    tm, base, best = timings.get("train", {}), timings.get("baseline", {}), train.get("best", {})
     return (f"<section id='training'><h2>Training</h2><p>{html.escape(str(train.get('arch', '–')))} (weights <code>"
             f"{html.escape(str(train.get('weights', '–')))}</code>) on <code>{html.escape(str(train.get('device', '–')))}"
             f"</code>: best epoch phase {best.get('phase', '–')} / epoch {best.get('epoch', '–')}, val "
@@ -118,7 +123,7 @@ def write_index(root: str | Path = ".", params_path: str = "params.yaml", out: s
             f"</style></head><body><h1>derma-nb — skin-lesion classification report</h1><p class='muted'>Generated "
             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} · profile <code>{html.escape(p.profile)}</code> · run <code>"
             f"{html.escape(run_identity(root / params_path, man))}</code></p><p>{badge}.</p>"
-            + promotion_section(promo) + headline_section(test, base) + training_section(train, base)
+            + promotion_section(promo) + headline_section(test, base) + training_section(train, _timings(root))
             + stages_section(root) + identity_section(root, params_path, p.seed, man) + "</body></html>\n")
     out_path = root / out
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,7 @@ def results_table(run_dir: str | Path = ".") -> dict:
               f"{best.get('phase')}, epoch {best.get('epoch')} by val "
               f"{best.get('metric')}; trained on {train.get('device')}")
     notes = [f"- **This run**: {data_note}. {recipe}. Random forest: {base.get('features')}, fit "
-             f"{base.get('fit_seconds')} s."] + [f"- **{r['name']}** ({r['split']} split): {r['why']}." for r in REFERENCES]
+             f"{_timings(run)['baseline'].get('fit_seconds', '–')} s."] + [f"- **{r['name']}** ({r['split']} split): {r['why']}." for r in REFERENCES]
     md = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     return {"profile": p.profile, "data": data_note, "model": model_name, "baseline_test": base["test"],
             "baseline_ci": base.get("test_ci"), "model_test": {k: test.get(k) for k, _ in RESULT_KEYS},
@@ -233,6 +238,12 @@ def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str]
         except subprocess.CalledProcessError:
             return None
 
+    def timings(rev, train):  # a DVC out in the cache since timings left metrics/train.json; older runs: train.json
+        try:
+            return json.loads(dvc.api.read("reports/timings/train.json", repo=str(repo), rev=rev))
+        except Exception:
+            return train.get("timings", {})
+
     out = []
     for r in dvc.api.exp_show(repo=str(repo), revs=list(rev) if isinstance(rev, (list, tuple)) else rev):
         name, rev = r.get("Experiment"), r.get("rev")
@@ -246,7 +257,7 @@ def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str]
         when = subprocess.run(["git", "log", "-1", "--format=%ct", rev], cwd=repo, capture_output=True,
                               text=True).stdout.strip()
         out.append({"name": name, "rev": rev, "created": int(when or 0), "params": flat_dict(yaml.safe_load(params)),
-                    "train": json.loads(train), "test": json.loads(test)})
+                    "train": json.loads(train), "test": json.loads(test), "timings": timings(rev, json.loads(train))})
     return sorted(out, key=lambda e: (e["created"], e["name"]))  # in the order they ran
 
 # %% ../nbs/20_report.ipynb #47be7751
@@ -269,7 +280,7 @@ def experiments_table(exps: list[dict], base: str | None = None) -> str:
              "test macro F1 [95% CI] | test mel recall | test macro AUC |", "|---" * 10 + "|"]
     for e in exps:
         t, tr = e["test"], e["train"]
-        secs = sum(v for k, v in tr.get("timings", {}).items() if k.endswith("_seconds") and v)
+        secs = sum(v for k, v in e.get("timings", {}).items() if k.endswith("_seconds") and v)
         lines.append(f"| {e['name']} | {changed(e)} | {tr.get('epochs_run')} | {tr.get('best', {}).get('value', 0):.3f} | "
                      f"{secs / 60:.1f} | {t['accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {ci(t, 'macro_f1')} | "
                      f"{t['mel_recall']:.3f} | {t['macro_auc']:.3f} |")
@@ -291,14 +302,39 @@ def write_experiments(repo: str | Path = ".", base: str | None = None, name: str
     keep = (*HEADLINE, "ci")
     (out / f"{name}.json").write_text(json.dumps(
         [{"name": e["name"], "rev": e["rev"], "params": e["params"], "best": e["train"].get("best"),
-          "timings": e["train"].get("timings"), "test": {k: e["test"].get(k) for k in keep}} for e in exps],
+          "timings": e.get("timings"), "test": {k: e["test"].get(k) for k in keep}} for e in exps],
         indent=2) + "\n")
     _replace_between(Path(readme), name, f"<!-- generated by `{cmd}` from `dvc exp show`; do not edit -->\n{md}")
     return out / f"{name}.md"
 
-# %% ../nbs/20_report.ipynb #b5d4da68
+# %% ../nbs/20_report.ipynb #0c1856a1
+SUMMARY_KEYS = {"bacc": "balanced_accuracy", "mel_rec": "mel_recall", "auc": "macro_auc", "ece": "ece"}
+"Short key in metrics/summary.json: the test metric it holds (for `nn` and `rf`); `val.nn` is training's best."
+
+
+def summary_metrics(test: dict, base: dict, train: dict) -> dict:
+    "metrics/summary.json from metrics/test.json, metrics/baseline.json and metrics/train.json."
+    missing = [f for f, d, k in (("metrics/test.json", test, "balanced_accuracy"), ("metrics/baseline.json", base,
+                                 "test"), ("metrics/train.json", train, "best")) if k not in d]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: missing or incomplete (run the pipeline: `derma-nb run`)")
+    r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+    out = {"val": {"nn": r(train["best"]["value"])}}  # the validation score that chose the epoch (train.select_metric)
+    return out | {k: {"nn": r(test.get(m)), "rf": r(base["test"].get(m))} for k, m in SUMMARY_KEYS.items()}
+
+
+def write_summary(root: str | Path = ".", out: str = "metrics/summary.json") -> Path:
+    "Write `out` from the run's metrics files under `root`."
+    root = Path(root)
+    test, base, train = (_load_json(root / f"metrics/{n}.json") for n in ("test", "baseline", "train"))
+    path = root / out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary_metrics(test, base, train), indent=2) + "\n", encoding="utf-8")
+    return path
+
+# %% ../nbs/20_report.ipynb #2022c7e9
 def main(argv: list[str] | None = None) -> int:
-    "`python -m derma_nb.report`: write the model card, then reports/index.html (the report stage of dvc.yaml)."
+    "`python -m derma_nb.report`: the summary DVC compares, the model card, then reports/index.html (report stage)."
     import argparse
 
     from derma_nb.card import write_model_card  # the next notebook: the card quotes the same files, styled alike
@@ -306,11 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m derma_nb.report", description=main.__doc__)
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
+    print(f"wrote {write_summary('.')}")
     print(f"wrote {write_model_card('.', a.params)}")
     print(f"wrote {write_index('.', a.params)}")
     return 0
 
-# %% ../nbs/20_report.ipynb #6eef1d7c
+# %% ../nbs/20_report.ipynb #13fd0d81
 #| eval: false
 if __name__ == "__main__":  # python -m derma_nb.report (never run by nbdev_test)
     raise SystemExit(main())

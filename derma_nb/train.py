@@ -29,9 +29,9 @@ from .metrics import label_metrics
 from .model import build_model, param_groups, save_model, split_frozen, train_mode
 
 # %% auto #0
-__all__ = ['class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'FitState', 'run_key', 'save_checkpoint',
-           'load_checkpoint', 'Fit', 'phase_inputs', 'phase_net', 'fit_phase', 'FitResult', 'two_phase_fit',
-           'train_summary', 'train_model']
+__all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'FitState', 'run_key',
+           'save_checkpoint', 'load_checkpoint', 'Fit', 'phase_inputs', 'phase_net', 'fit_phase', 'FitResult',
+           'two_phase_fit', 'train_summary', 'train_timings', 'train_model']
 
 # %% ../nbs/13_train.ipynb #264fabf4
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -379,26 +379,38 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     return FitResult(pd.DataFrame(state.history), dict(state.best), out / "best.pt", state.timings, str(device),
                      ranks().world_size)
 
-# %% ../nbs/13_train.ipynb #6ed2053b
+# %% ../nbs/13_train.ipynb #5d1fb839
+TIMING_COLUMNS = ("seconds", "images_per_s")
+"Columns of the training history that measure time, not learning: kept out of plots/history.csv."
+
+
 def train_summary(res: FitResult, p: Params) -> dict:
-    "metrics/train.json: the best epoch and its validation metrics, epochs run, device, model, timings."
+    "metrics/train.json: the best epoch and its validation metrics, epochs run, device, model (no timings)."
     b = res.best
     return {"best": {k: b[k] for k in ("metric", "value", "phase", "epoch", "step")}, "best_val": b["val"],
             "epochs_run": len(res.history), "device": res.device, "world_size": res.world_size,
-            "arch": p.model.arch, "weights": p.model.weights, "timings": res.timings}
+            "arch": p.model.arch, "weights": p.model.weights}
+
+
+def train_timings(res: FitResult) -> dict:
+    "reports/timings/train.json: seconds and images/s per phase and per epoch."
+    per_epoch = res.history[["phase", "epoch", *TIMING_COLUMNS]]
+    return {**res.timings, "epochs": json.loads(per_epoch.to_json(orient="records"))}
 
 
 def train_model(p: Params, device, on_epoch: Callable[[dict], None] | None = None, progress: bool = False,
-                resume: bool = True, metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots") -> FitResult:
-    "The train stage: the prepared cache, the model, `two_phase_fit`; rank 0 writes train.json and history.csv."
+                resume: bool = True, metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots",
+                timings_path: str | Path = "reports/timings/train.json") -> FitResult:
+    "The train stage: the prepared cache, the model, `two_phase_fit`; rank 0 writes train.json, history.csv, timings."
     prep = load_prepared(p.prepare.out)
     model = build_model(p.model.arch, p.model.weights, dropout=p.model.dropout)
     res = two_phase_fit(model, prep, p.train, p.train.out, device, p.seed, p.train.checkpoints,
                         resume, on_epoch, progress)
     if ranks().main:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        res.history.to_csv(Path(plots_dir) / "history.csv", index=False)
+        res.history.drop(columns=list(TIMING_COLUMNS)).to_csv(Path(plots_dir) / "history.csv", index=False)
         write_json(Path(metrics_dir) / "train.json", train_summary(res, p))
+        write_json(timings_path, train_timings(res))
         log.info("best: phase %d epoch %d, val %s %.4f -> %s", res.best["phase"], res.best["epoch"],
                  res.best["metric"], res.best["value"], res.best_path)
     return res

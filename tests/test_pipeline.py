@@ -157,11 +157,14 @@ def test_predict_with_the_pipeline_model_says_what_it_is(run):
 def test_dvc_metrics_and_plots(run):
     repo, env, _ = run
     rc, out = sh("dvc metrics show", repo, env)
-    assert rc == 0 and "metrics/baseline.json" in out and "metrics/test.json" in out, out
-    rc, out = sh("dvc plots show -o plots_html", repo, env)
+    lines = out.splitlines()
+    assert rc == 0 and [ln.split()[0] for ln in lines] == ["Path", "metrics/summary.json"], out
+    assert {"bacc.nn", "bacc.rf", "mel_rec.nn", "val.nn"} <= set(lines[0].split()) and max(map(len, lines)) <= 120
+    rc, out = sh("derma-nb plots", repo, env)
     assert rc == 0, out
-    html = (repo / "plots_html" / "index.html").read_text()
-    for p in ("history.csv", "confusion.csv", "roc.csv"):
+    html = (repo / "reports" / "plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and html.count("vegaEmbed(") == 5  # loss, scores, confusion, roc, reliability
+    for p in ("history.csv", "roc.csv", "reliability.csv", "predicted class", "cross-entropy loss"):
         assert p in html, p
 
 
