@@ -367,13 +367,15 @@ def subgroup_table(meta: pd.DataFrame, y_true, y_prob, groups, n_boot: int = 100
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/08_metrics.ipynb #8a27f316
+# %% ../nbs/08_metrics.ipynb #3b18a424
 def ci_text(c: dict | None, digits: int = 3) -> str:
     "`value [low, high]`; `value (why no interval)`; `– (why undefined)` or – without a value."
     note = (c or {}).get("note")
-    if not c or c.get("value") is None or c["value"] != c["value"]:
+    note = note if isinstance(note, str) and note else None  # a table cell may hold NaN for "no note"
+    missing = lambda v: v is None or v != v  # noqa: E731  (None, or NaN from a DataFrame cell)
+    if not c or missing(c.get("value")):
         return f"– ({note})" if note else "–"
-    if c.get("low") is None or c.get("high") is None:
+    if missing(c.get("low")) or missing(c.get("high")):
         return f"{c['value']:.{digits}f} ({note or 'no interval'})"
     return f"{c['value']:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
 
