@@ -96,9 +96,20 @@ def metrics_section(f: dict) -> str:
     t, b = f["test"], f["baseline"]
     rows = [[label, ci_text(t.get("ci", {}).get(k) or {"value": t.get(k)}),
              ci_text(b.get("test_ci", {}).get(k) or {"value": b.get("test", {}).get(k)})] for k, label in HEADLINE.items()]
-    return (f"## Metrics (test split, {t.get('n', '–')} images)\n\n95% intervals from resampling lesions (1,000 "
-            f"bootstrap resamples unless `evaluate.n_boot` says otherwise).\n\n"
-            + _table(["metric", t.get("model", "model"), "random forest"], rows))
+    pc = t.get("per_class") or {}
+    per_class = [[c, v.get("support", 0), _fmt(v.get("precision"), 3), _fmt(v.get("recall"), 3),
+                  _fmt(v.get("auc"), 3), "" if v.get("support") else "absent from the test split: undefined"]
+                 for c, v in pc.items()]
+    absent = [c for c, v in pc.items() if not v.get("support")]
+    return (f"## Metrics (test split, {t.get('n', '–')} images)\n\n95% intervals: Wilson for proportions (accuracy, "
+            f"melanoma recall), widened to the lesion bootstrap where that is wider; resampling lesions (1,000 "
+            f"bootstrap resamples unless `evaluate.n_boot` says otherwise) for the rest; *n too small* where a "
+            f"bootstrap collapsed or its class has too few images.\n\n"
+            + _table(["metric", t.get("model", "model"), "random forest"], rows)
+            + ("\nPer class (test split):\n\n" + _table(["class", "images", "precision", "recall", "ROC-AUC", "note"],
+                                                       per_class) if pc else "")
+            + (f"\n**Absent from the test split:** {', '.join(absent)} — shown as “–”; the macro averages are over "
+               "the classes present.\n" if absent else ""))
 
 
 def calibration_section(f: dict) -> str:

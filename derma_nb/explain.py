@@ -18,7 +18,7 @@ from .cache import unit_batch
 from .model import cam_layer
 
 # %% auto #0
-__all__ = ['gradcam', 'overlay', 'pick_examples', 'gallery_figure', 'example_gallery']
+__all__ = ['FLAT_CAM', 'gradcam', 'overlay', 'pick_examples', 'gallery_figure', 'example_gallery']
 
 # %% ../nbs/15_explain.ipynb #8e52cac7
 def _as_nchw(images) -> torch.Tensor:
@@ -42,12 +42,31 @@ def _as_hwc(image) -> np.ndarray:
         raise ValueError(f"image must be (H,W,3) or (3,H,W), got shape {a.shape}")
     return a
 
-# %% ../nbs/15_explain.ipynb #3b1ea478
+# %% ../nbs/15_explain.ipynb #a2b21df3
+FLAT_CAM = 0.1
+"A Grad-CAM map whose (max − min) / max before scaling is below this carries no signal (shown as 'flat', not a wash)."
+
+
+def _spread(raw: np.ndarray) -> np.ndarray:
+    "(max − min) / max of each ReLU'd raw map (B, h, w); 0 when nothing in the map raised the class score."
+    r = np.maximum(np.asarray(raw, dtype=np.float64), 0).reshape(len(raw), -1)
+    hi, lo = r.max(1), r.min(1)
+    return np.where(hi > 1e-12, (hi - lo) / np.maximum(hi, 1e-12), 0.0)
+
+
 def gradcam(model: nn.Module, images, targets: list[int] | None = None, target_layer: nn.Module | None = None,
-            batch_size: int = 32) -> np.ndarray:
-    "Grad-CAM maps (B,H,W) in [0,1] for class indices `targets` (None: each image's predicted class)."
+            batch_size: int = 32, return_spread: bool = False):
+    "Grad-CAM maps (B,H,W) in [0,1] for class indices `targets` (None: predicted class); with each raw map's spread."
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    spreads = []
+
+    class _GradCAM(GradCAM):  # pytorch-grad-cam scales every map to [0, 1]: keep how flat it was before that
+        def get_cam_image(self, *a, **kw):
+            raw = super().get_cam_image(*a, **kw)
+            spreads.append(_spread(raw))
+            return raw
 
     x = _as_nchw(images)
     if targets is not None and len(targets) != len(x):
@@ -55,7 +74,7 @@ def gradcam(model: nn.Module, images, targets: list[int] | None = None, target_l
     layer = cam_layer(model, x.shape[-1]) if target_layer is None else target_layer
     device = next(model.parameters()).device
     modes = {m: m.training for m in model.modules()}  # GradCAM calls model.eval(); put back exactly what was there
-    cam = GradCAM(model=model, target_layers=[layer])
+    cam = _GradCAM(model=model, target_layers=[layer])
     out = []
     try:
         with torch.enable_grad():
@@ -69,9 +88,9 @@ def gradcam(model: nn.Module, images, targets: list[int] | None = None, target_l
         model.zero_grad(set_to_none=True)
         for m, training in modes.items():
             m.training = training
-    if not out:
-        return np.zeros((0, x.shape[2], x.shape[3]), dtype=np.float32)
-    return np.clip(np.concatenate(out), 0.0, 1.0).astype(np.float32)
+    maps = (np.clip(np.concatenate(out), 0.0, 1.0).astype(np.float32) if out else
+            np.zeros((0, x.shape[2], x.shape[3]), dtype=np.float32))
+    return (maps, np.concatenate(spreads) if spreads else np.zeros(0)) if return_spread else maps
 
 # %% ../nbs/15_explain.ipynb #401ba883
 def overlay(image, cam, alpha: float = 0.4) -> np.ndarray:
@@ -132,40 +151,53 @@ def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1
         log.info("pick_examples: %s", "; ".join(missing))
     return df
 
-# %% ../nbs/15_explain.ipynb #2be7824e
-def gallery_figure(images, cams, titles=None, ncols: int = 4, alpha: float = 0.4, size: float = 2.0):
-    "A matplotlib Figure of (image, Grad-CAM overlay) pairs, `ncols` pairs per row, one title per pair."
+# %% ../nbs/15_explain.ipynb #e73ff251
+def gallery_figure(images, cams, titles=None, ncols: int = 4, alpha: float = 0.4, size: float = 2.0, spread=None):
+    "A Figure of (image, Grad-CAM overlay) pairs, `ncols` per row, titled, with a colour bar; flat maps said so."
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     n = len(images)
     if len(cams) != n or (titles is not None and len(titles) != n):
         raise ValueError(f"{n} images, {len(cams)} cams and {len(titles or [])} titles: need one of each per example")
     titles = [""] * n if titles is None else list(titles)
+    flat = [False] * n if spread is None else [float(v) < FLAT_CAM for v in spread]
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig = Figure(figsize=(2 * ncols * size, nrows * (size + 0.5)), layout="constrained")
+    fig = Figure(figsize=(2 * ncols * size + 1.0, nrows * (size + 0.7)), layout="constrained")
     axes = fig.subplots(nrows, 2 * ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     if n == 0:
-        axes[0, 0].text(0, 0.5, "no examples", fontsize=10)
+        axes[0, 0].text(0, 0.5, "no examples", fontsize=11)
     for i, (img, cam, title) in enumerate(zip(images, cams, titles)):
         r, c = divmod(i, ncols)
         img = _as_hwc(img)
         axes[r, 2 * c].imshow(img)
-        axes[r, 2 * c].set_title(title, fontsize=8, loc="left")
-        axes[r, 2 * c + 1].imshow(overlay(img, cam, alpha))
-        axes[r, 2 * c + 1].set_title("Grad-CAM", fontsize=8, loc="left")
+        axes[r, 2 * c].set_title(title, fontsize=10, loc="left")
+        if flat[i]:  # a scaled flat map is noise stretched to full colour: say so instead of showing it
+            axes[r, 2 * c + 1].imshow(img, alpha=0.35)
+            axes[r, 2 * c + 1].text(0.5, 0.5, "no signal:\nthe map is flat", ha="center", va="center", fontsize=11,
+                                    transform=axes[r, 2 * c + 1].transAxes, color="#78281f", fontweight="bold")
+        else:
+            axes[r, 2 * c + 1].imshow(overlay(img, cam, alpha))
+        axes[r, 2 * c + 1].set_title("Grad-CAM" + (f" (spread {spread[i]:.2f})" if spread is not None else ""),
+                                     fontsize=10, loc="left")
+    cb = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes.ravel().tolist(), shrink=0.6, pad=0.01)
+    cb.set_label("Grad-CAM, relative to each map's peak (red: raised the class score most)", fontsize=10)
+    cb.ax.tick_params(labelsize=9)
     return fig
 
-# %% ../nbs/15_explain.ipynb #41605ae8
+# %% ../nbs/15_explain.ipynb #f406e56d
 def example_gallery(model: nn.Module, images, examples: pd.DataFrame, target: str = "pred", ncols: int = 4,
-                    target_layer: nn.Module | None = None, classes=CLASSES):
+                    target_layer: nn.Module | None = None, classes=CLASSES, size: float = 2.0):
     "Grad-CAM gallery of the `pick_examples` rows of the cache array `images` (explaining the `pred` or `true` class)."
     if target not in ("pred", "true"):
         raise ValueError(f"target must be 'pred' or 'true', got {target!r}")
     classes = list(classes)
     x = np.stack([np.asarray(images[r]) for r in examples.row]) if len(examples) else np.zeros((0, 8, 8, 3), np.uint8)
-    cams = gradcam(model, x, [classes.index(c) for c in examples[target]], target_layer) if len(x) else []
-    titles = [f"{r.true} · {r.kind}\npred {r.pred} {r.confidence:.2f} (row {r.row})" for r in examples.itertuples()]
-    return gallery_figure(list(x), list(cams), titles, ncols=ncols)
+    cams, spread = (gradcam(model, x, [classes.index(c) for c in examples[target]], target_layer, return_spread=True)
+                    if len(x) else ([], []))
+    titles = [f"true {r.true} · {r.kind}\npred {r.pred} p={r.confidence:.2f} (row {r.row})" for r in examples.itertuples()]
+    return gallery_figure(list(x), list(cams), titles, ncols=ncols, size=size, spread=list(spread))

@@ -37,7 +37,7 @@ def plot_confusion(cm, classes=CLASSES, normalize: bool = True):
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}", ha="center", va="center",
-                    fontsize=8, color="white" if cm[i, j] > 0.6 * hi else "black")
+                    fontsize=9, color="white" if cm[i, j] > 0.6 * hi else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="actual", title="Confusion matrix" + (" (row-normalized)" if normalize else ""))
     return fig
@@ -55,25 +55,27 @@ def plot_roc(y_true, y_prob, classes=CLASSES):
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
            title="ROC, one vs rest", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=9)
     return fig
 
-# %% ../nbs/09_figures.ipynb #0b78b495
+# %% ../nbs/09_figures.ipynb #a8d0d910
 def plot_reliability(curve: dict, title: str = "Reliability of the top-class probability"):
-    "Reliability diagram: accuracy per confidence bin with the gap to the mean confidence shaded; counts below."
+    "Reliability diagram: accuracy bars, mean-confidence markers, the gap between them shaded, the diagonal; counts below."
     centers = np.asarray(curve["bin_center"], dtype=float)
     acc = np.array([np.nan if a is None else a for a in curve["accuracy"]], dtype=float)
     conf = np.array([np.nan if a is None else a for a in curve["confidence"]], dtype=float)
-    width = (centers[1] - centers[0] if len(centers) > 1 else 1.0) * 0.95
-    fig, (ax, ax2) = _figure(figsize=(5.5, 6), nrows=2, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
-    ax.bar(centers, np.nan_to_num(acc), width=width, color="#5d8aa8", edgecolor="k", lw=0.5, label="accuracy")
-    gap = np.nan_to_num(conf - acc)
-    ax.bar(centers, gap, bottom=np.nan_to_num(acc), width=width, color="#e74c3c", alpha=0.35, edgecolor="#c0392b",
-           hatch="//", lw=0.5, label="gap to mean confidence")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-    ax.set(ylabel="accuracy in the bin", ylim=(0, 1), title=title)
-    ax.legend(loc="upper left", fontsize=8)
-    ax2.bar(centers, curve["count"], width=width, color="grey")
+    width = (centers[1] - centers[0] if len(centers) > 1 else 1.0) * 0.9
+    fig, (ax, ax2) = _figure(figsize=(6, 6.2), nrows=2, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    ok = np.isfinite(acc)  # empty bins draw nothing
+    ax.bar(centers[ok], acc[ok], width=width, color="#aed6f1", edgecolor="#1f618d", lw=0.8, label="accuracy in the bin")
+    lo, hi = np.fmin(acc, conf)[ok], np.fmax(acc, conf)[ok]
+    ax.bar(centers[ok], hi - lo, bottom=lo, width=width, facecolor="none", edgecolor="#c0392b", hatch="///", lw=0,
+           label="gap: |accuracy − confidence|")
+    ax.plot([0, 1], [0, 1], color="0.3", ls="--", lw=1, label="perfect calibration")
+    ax.plot(centers[ok], conf[ok], "D", ms=5, color="#c0392b", ls="none", label="mean confidence in the bin")
+    ax.set(ylabel="accuracy in the bin", ylim=(0, 1.02), title=title)
+    ax.legend(loc="upper left", fontsize=9, framealpha=0.9)
+    ax2.bar(centers, curve["count"], width=width, color="#7f8c8d")
     ax2.set(xlabel="confidence (top-class probability)", ylabel="images", xlim=(0, 1))
     return fig
 
@@ -99,7 +101,7 @@ def plot_history(history: pd.DataFrame):
         ax.set(title=CURVES[col][0], xlabel="epoch (both phases)", ylabel=CURVES[col][1])
         ax.grid(alpha=0.3)
     if len(phases) > 1:
-        axes[0][0].legend(fontsize=8)
+        axes[0][0].legend(fontsize=9)
     return fig
 
 # %% ../nbs/09_figures.ipynb #8781d3c0

@@ -17,9 +17,11 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 from .config import CLASSES, log
 
 # %% auto #0
-__all__ = ['HEADLINE', 'BOOT_METRICS', 'AGE_BANDS', 'label_metrics', 'sensitivity_at_specificity', 'expected_calibration_error',
-           'classification_metrics', 'bootstrap_ci', 'bootstrap_ratio', 'headline_table', 'per_class_table', 'age_band',
-           'subgroup_table', 'ci_text', 'subgroup_display', 'confusion_long', 'roc_points']
+__all__ = ['HEADLINE', 'BOOT_METRICS', 'MIN_CASES', 'AGE_BANDS', 'label_metrics', 'sensitivity_at_specificity',
+           'expected_calibration_error', 'classification_metrics', 'wilson_interval', 'bootstrap_ci', 'bootstrap_ratio',
+           'headline_table', 'per_class_table', 'age_band', 'subgroup_table', 'ci_text', 'subgroup_display',
+           'fmt_number', 'fmt_table', 'headline_display', 'per_class_display', 'absent_classes', 'confusion_long',
+           'roc_points']
 
 # %% ../nbs/08_metrics.ipynb #c37a1d18
 HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -188,10 +190,61 @@ def _scalar_metrics(W: np.ndarray, y: np.ndarray, pred: np.ndarray, prob: np.nda
             out["mel_auc"] = _weighted_auc(W, y == mel, prob[:, mel]) if mel is not None else np.full(len(W), np.nan)
     return out
 
-# %% ../nbs/08_metrics.ipynb #eb9a11bc
+# %% ../nbs/08_metrics.ipynb #a01801ce
+MIN_CASES = 10
+"Fewer images of a class than this: a bootstrap interval of a per-class metric is reported as 'n too small'."
+
+
+def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    "The Wilson score interval of k successes in n trials (scipy), or (None, None) when n = 0."
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return None, None
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _proportion(c: dict, k: int, n: int, alpha: float = 0.05) -> dict:
+    "Interval `c` of the proportion k/n made the envelope of its bootstrap interval and the Wilson interval."
+    lo, hi = wilson_interval(k, n, alpha)
+    if lo is None:
+        return {**c, "low": None, "high": None, "note": "undefined: no cases"}
+    blo, bhi = c.get("low"), c.get("high")
+    return {**c, "low": lo if blo is None else min(lo, blo), "high": hi if bhi is None else max(hi, bhi),
+            "method": "wilson", "k": int(k), "n": int(n)}
+
+
+def _not_collapsed(c: dict, n_cases: int | None = None, what: str = "images") -> dict:
+    "Interval `c` of a non-proportion, or no interval and 'n too small' where it collapsed or its class is tiny."
+    if c.get("value") is None:
+        return c
+    if n_cases is not None and n_cases < MIN_CASES:
+        return {**c, "low": None, "high": None, "note": f"n too small: {n_cases} {what}"}
+    if c.get("low") is not None and c["low"] == c["high"]:
+        return {**c, "low": None, "high": None, "note": "n too small: the bootstrap collapsed"}
+    return c
+
+# %% ../nbs/08_metrics.ipynb #40b52609
+def _honest_intervals(out: dict, y: np.ndarray, pred: np.ndarray, mel: int | None, alpha: float) -> dict:
+    "Wilson for the proportions (accuracy, melanoma recall), 'n too small' where a bootstrap interval says nothing."
+    n_mel = int((y == mel).sum()) if mel is not None else 0
+    for n, c in out.items():
+        if n == "accuracy":
+            out[n] = _proportion(c, int((pred == y).sum()), len(y), alpha)
+        elif n == "mel_recall":
+            out[n] = (_proportion(c, int(((pred == mel) & (y == mel)).sum()), n_mel, alpha) if n_mel else
+                      {**c, "value": None, "low": None, "high": None, "note": "undefined: no melanomas in this split"})
+        elif n == "mel_auc":
+            out[n] = _not_collapsed(c, n_mel, "melanomas")
+        else:
+            out[n] = _not_collapsed(c)
+    return out
+
+
 def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
                  n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, classes=CLASSES) -> dict:
-    "Percentile CIs from resampling lesions (`groups`; None = each image alone) with replacement, seeded."
+    "Percentile CIs from resampling lesions (`groups`; None = each image alone), seeded; Wilson for proportions."
     classes = list(classes)
     y, prob = _check(y_true, y_prob, classes)
     unknown = sorted(set(metrics) - set(BOOT_METRICS))
@@ -223,13 +276,14 @@ def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
         v = v[np.isfinite(v)]
         lo, hi = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(v) else (np.nan, np.nan)
         out[n] = {"value": _num(point[n][0]), "low": _num(lo), "high": _num(hi)}
+    out = _honest_intervals(out, y, pred, mel, alpha)
     log.debug("bootstrap: %d resamples of %d lesions (%d images) in %.2f s", n_boot, G, len(y),
               time.perf_counter() - t0)
     return out
 
-# %% ../nbs/08_metrics.ipynb #45053c44
+# %% ../nbs/08_metrics.ipynb #967b2e25
 def bootstrap_ratio(values, mask, groups, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
-    "Mean of `values` over the images in `mask`, with a percentile interval from resampling lesions (`groups`)."
+    "Mean of `values` over the images in `mask`, with a lesion-bootstrap interval (`groups`; 0/1 values: Wilson too)."
     v, m = np.asarray(values, dtype=np.float64), np.asarray(mask, dtype=bool)
     codes = pd.factorize(np.asarray(groups))[0]
     if not m.any():
@@ -241,9 +295,12 @@ def bootstrap_ratio(values, mask, groups, n_boot: int = 1000, seed: int = 0, alp
         boot = (counts @ num) / (counts @ den) if n_boot else np.array([])
     boot = boot[np.isfinite(boot)]
     lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(boot) else (np.nan, np.nan)
-    return {"value": float(num.sum() / den.sum()), "low": _num(lo), "high": _num(hi), "n": int(m.sum())}
+    out = {"value": float(num.sum() / den.sum()), "low": _num(lo), "high": _num(hi), "n": int(m.sum())}
+    if np.isin(v[m], (0.0, 1.0)).all():  # a proportion: Wilson, so that 9 of 9 is not [1, 1]
+        out = {k: x for k, x in _proportion(out, int(v[m].sum()), int(m.sum()), alpha).items() if k != "k"}
+    return out
 
-# %% ../nbs/08_metrics.ipynb #3331d4f2
+# %% ../nbs/08_metrics.ipynb #ea8a98f6
 def headline_table(metrics: dict, ci: dict | None = None) -> pd.DataFrame:
     "One row per headline metric (value and interval, NaN where none), plus melanoma AUC, operating point and ECE."
     ci = ci or {}
@@ -267,7 +324,7 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
     t.index.name = "class"
     return t.astype({"precision": float, "recall": float, "f1": float, "auc": float, "support": int})
 
-# %% ../nbs/08_metrics.ipynb #e4ff15ea
+# %% ../nbs/08_metrics.ipynb #f2de2136
 AGE_BANDS = ((0, 30, "< 30"), (30, 50, "30–49"), (50, 70, "50–69"), (70, 200, "≥ 70"))
 "Age bands for the subgroup table (years, lower bound inclusive)."
 
@@ -287,7 +344,7 @@ def _subgroups(meta: pd.DataFrame):
         for g in sorted(v.unique()):
             yield by, g, (v == g).to_numpy()
 
-# %% ../nbs/08_metrics.ipynb #895ead6d
+# %% ../nbs/08_metrics.ipynb #132a504c
 def subgroup_table(meta: pd.DataFrame, y_true, y_prob, groups, n_boot: int = 1000, seed: int = 0,
                    min_images: int = 30, min_melanomas: int = 5) -> pd.DataFrame:
     "Per subgroup (sex, age band, site): counts, balanced accuracy and melanoma recall with lesion-bootstrap CIs."
@@ -302,19 +359,24 @@ def subgroup_table(meta: pd.DataFrame, y_true, y_prob, groups, n_boot: int = 100
         ci = bootstrap_ci(y[sel], p[sel], g[sel], metrics=("balanced_accuracy", "mel_recall"), n_boot=n_boot, seed=seed)
         for k in ("balanced_accuracy", "mel_recall"):
             row.update({k: ci[k]["value"], f"{k}_low": ci[k]["low"], f"{k}_high": ci[k]["high"]})
+        if ci["balanced_accuracy"].get("note"):
+            row["note"] = f"balanced accuracy: {ci['balanced_accuracy']['note']}"
         if row["melanomas"] < min_melanomas:
             row.update(mel_recall=None, mel_recall_low=None, mel_recall_high=None,
                        note=f"too few melanomas for a recall (< {min_melanomas})")
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/08_metrics.ipynb #c03aa6db
+# %% ../nbs/08_metrics.ipynb #3b18a424
 def ci_text(c: dict | None, digits: int = 3) -> str:
-    "`value [low, high]`, `value (no interval)` when the bootstrap had nothing to resample, or – without a value."
-    if not c or c.get("value") is None or c["value"] != c["value"]:
-        return "–"
-    if c.get("low") is None or c.get("high") is None:
-        return f"{c['value']:.{digits}f} (no interval)"
+    "`value [low, high]`; `value (why no interval)`; `– (why undefined)` or – without a value."
+    note = (c or {}).get("note")
+    note = note if isinstance(note, str) and note else None  # a table cell may hold NaN for "no note"
+    missing = lambda v: v is None or v != v  # noqa: E731  (None, or NaN from a DataFrame cell)
+    if not c or missing(c.get("value")):
+        return f"– ({note})" if note else "–"
+    if missing(c.get("low")) or missing(c.get("high")):
+        return f"{c['value']:.{digits}f} ({note or 'no interval'})"
     return f"{c['value']:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
 
 
@@ -326,7 +388,67 @@ def subgroup_display(sub: pd.DataFrame) -> pd.DataFrame:
              "melanoma recall [95% CI]": cell(r, "mel_recall"), "note": r["note"]} for r in sub.to_dict("records")]
     return pd.DataFrame(rows).set_index(["by", "group"])
 
-# %% ../nbs/08_metrics.ipynb #753a0eee
+# %% ../nbs/08_metrics.ipynb #61873536
+def fmt_number(v, digits: int = 3) -> str:
+    "A number with `digits` decimals; '–' for None/NaN; booleans as pass/fail; integers as they are."
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "pass" if v else "FAIL"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def fmt_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    "A copy of `df` with every cell as text by `fmt_number` (the report form of a numeric table)."
+    return df.apply(lambda col: col.map(lambda v: fmt_number(v, digits)))
+
+
+def headline_display(metrics: dict, ci: dict | None = None, digits: int = 3) -> pd.DataFrame:
+    "The headline table as text: 'value [low, high]' per metric, '–' and a note where a number or interval is missing."
+    ci, rows = ci or {}, []
+    t = headline_table(metrics, ci)
+    keys = [*HEADLINE, "mel_auc", "mel_op", "ece"]
+    for key, (label, r) in zip(keys, t.iterrows()):
+        c = ci.get(key) or {}
+        value = None if r["value"] != r["value"] else float(r["value"])
+        note = c.get("note") or ("" if value is not None else "undefined on this split")
+        if key == "mel_op" and value is not None:
+            note = "a point on the test ROC curve (no interval)"
+        if key == "ece":
+            note = "no interval computed"
+        cell = (ci_text({**c, "value": value}, digits) if c.get("low") is not None and value is not None
+                else fmt_number(value, digits))
+        rows.append({"metric": label, "value [95% CI]": cell, "note": note})
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def per_class_display(metrics: dict, split: str = "test", digits: int = 3) -> pd.DataFrame:
+    "Per-class table as text; a class absent from the split is named in its note, its numbers are '–'."
+    t, notes = per_class_table(metrics), []
+    for c, r in t.iterrows():
+        if r["support"] == 0:
+            notes.append(f"{c} absent from the {split} split: recall, F1, AUC undefined")
+        elif r["precision"] != r["precision"]:
+            notes.append("never predicted: precision undefined")
+        elif r["auc"] != r["auc"]:
+            notes.append("AUC undefined: no images of other classes")
+        else:
+            notes.append("")
+    out = fmt_table(t, digits)
+    out.loc[t.support == 0, ["recall", "f1", "auc"]] = "–"  # F1 of a class with no images is not a 0
+    out["note"] = notes
+    return out
+
+
+def absent_classes(metrics: dict) -> list[str]:
+    "The classes with no image in the evaluated split."
+    return [c for c, v in (metrics.get("per_class") or {}).items() if not v.get("support")]
+
+# %% ../nbs/08_metrics.ipynb #676b44ba
 def confusion_long(y_true, y_pred, classes=CLASSES) -> pd.DataFrame:
     "One row per sample with the actual and predicted class names (DVC confusion plot input)."
     names = np.asarray(list(classes))

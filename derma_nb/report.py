@@ -44,10 +44,13 @@ def _timings(root: Path) -> dict:
     "The run's wall times, kept out of the compared metrics: {'train': ..., 'baseline': ...} from reports/timings/."
     return {n: _load_json(root / f"reports/timings/{n}.json") for n in ("train", "baseline")}
 
-# %% ../nbs/20_report.ipynb #677c300a
+# %% ../nbs/20_report.ipynb #12d11c60
 def _ci_cell(v, c: dict | None) -> str:
-    "A value with its interval below it (or the value alone)."
-    return f"{_fmt(v)}<br><span class='muted'>[{_fmt(c.get('low'))}, {_fmt(c.get('high'))}]</span>" if c else _fmt(v)
+    "A value with its interval below it, or with why it has none (n too small, undefined), or the value alone."
+    c = c or {}
+    if c.get("low") is not None and c.get("high") is not None and v is not None:
+        return f"{_fmt(v)}<br><span class='muted'>[{_fmt(c['low'])}, {_fmt(c['high'])}]</span>"
+    return _fmt(v) + (f"<br><span class='muted'>{html.escape(c['note'])}</span>" if c.get("note") else "")
 
 
 def headline_section(test: dict, base: dict) -> str:
@@ -60,10 +63,14 @@ def headline_section(test: dict, base: dict) -> str:
         rows.append(f"<tr><td>{label}</td><td>{_ci_cell(bv, base.get('test_ci', {}).get(k))}</td>"
                     f"<td>{_ci_cell(mv, test.get('ci', {}).get(k))}</td>"
                     f"<td class='{cls}'>{'' if d is None else f'{d:+.4f}'}</td></tr>")
+    absent = [c for c, v in (test.get("per_class") or {}).items() if not v.get("support")]
+    note = (f"<p><b>Absent from the test split:</b> {html.escape(', '.join(absent))} — their per-class numbers are "
+            "“–” (undefined), and the macro averages are over the classes present.</p>" if absent else "")
     return (f"<section id='headline'><h2>Headline metrics: baseline vs model</h2><p>Lesion-disjoint test split "
-            f"({test.get('n', '–')} images); 95% bootstrap intervals from resampling lesions.</p><table><tr><th>metric"
-            f"</th><th>random forest</th><th>{html.escape(str(test.get('model', 'model')))}</th><th>Δ</th></tr>"
-            f"{''.join(rows)}</table></section>")
+            f"({test.get('n', '–')} images); 95% intervals: Wilson for proportions (accuracy, melanoma recall), "
+            f"widened to the lesion bootstrap where that is wider; lesion bootstrap for the rest.</p><table><tr><th>"
+            f"metric</th><th>random forest</th><th>{html.escape(str(test.get('model', 'model')))}</th><th>Δ</th></tr>"
+            f"{''.join(rows)}</table>{note}</section>")
 
 # %% ../nbs/20_report.ipynb #21ea60ad
 def promotion_section(promo: dict) -> str:

@@ -30,8 +30,8 @@ from .model import build_model, param_groups, save_model, split_frozen, train_mo
 
 # %% auto #0
 __all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'FitState', 'run_key',
-           'save_checkpoint', 'load_checkpoint', 'Fit', 'phase_inputs', 'phase_net', 'fit_phase', 'FitResult',
-           'two_phase_fit', 'train_summary', 'train_timings', 'train_model']
+           'save_checkpoint', 'load_checkpoint', 'Fit', 'phase_inputs', 'phase_net', 'eta_text', 'fit_phase',
+           'FitResult', 'two_phase_fit', 'train_summary', 'train_timings', 'train_model']
 
 # %% ../nbs/13_train.ipynb #264fabf4
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -239,7 +239,15 @@ def _to_input(fit: Fit, ph: PhaseParams, kind: str, inputs, g: torch.Generator) 
         return xb.contiguous(memory_format=torch.channels_last) if fit.channels_last else xb
     return images if kind == "images" else rows
 
-# %% ../nbs/13_train.ipynb #08cef0a3
+# %% ../nbs/13_train.ipynb #9ecaba8d
+def eta_text(seconds: float) -> str:
+    "Remaining time as '42 s', '3 min 05 s' or '1 h 02 min' (one line of progress per epoch on the terminal)."
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict, val: tuple, lr: float,
                secs: float, opt, sched) -> None:
     "Record the epoch, keep the best weights, count stale epochs, stop early, checkpoint (rank 0; others follow)."
@@ -261,9 +269,11 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
                    select_metric=fit.cfg.select_metric, val_metrics=m,
                    dataset_sha256=fit.prep.manifest.get("dataset_sha256"))
     state.stale = 0 if improved else state.stale + 1
-    log.info("%s epoch %d/%d: loss %.4f, val acc %.3f bal-acc %.3f mF1 %.3f%s (%.1f s, %s img/s)", name,
-             state.epoch + 1, ph.epochs, row["train_loss"], m["accuracy"], m["balanced_accuracy"], m["macro_f1"],
-             " *" if improved else "", secs, row["images_per_s"])
+    done = [r["seconds"] for r in state.history if r["phase"] == pi + 1]
+    log.info("%s epoch %d/%d: loss %.4f, val acc %.3f bal-acc %.3f mF1 %.3f%s (%.1f s, %s img/s, phase ETA %s)",
+             name, state.epoch + 1, ph.epochs, row["train_loss"], m["accuracy"], m["balanced_accuracy"],
+             m["macro_f1"], " *" if improved else "", secs, row["images_per_s"],
+             eta_text(float(np.mean(done)) * (ph.epochs - state.epoch - 1)))
     state.epoch += 1
     if state.stale >= ph.patience and state.epoch < ph.epochs:
         log.info("%s: early stop, val %s did not improve for %d epochs", name, fit.cfg.select_metric, ph.patience)

@@ -130,7 +130,7 @@ def test_gallery_returns_figure(model, images):
 
     cams = gradcam(model, images)
     fig = gallery_figure(images, cams, [f"t{i}" for i in range(len(images))], ncols=3)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 3 * 2  # 4 pairs over 2 rows of 3 pairs
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 3 * 2 + 1  # 4 pairs over 2 rows of 3 pairs, colour bar
     assert [ax.get_title(loc="left") for ax in fig.axes[:2]] == ["t0", "Grad-CAM"]
     ex = pick_examples([MEL, NV, NV, BCC], [P(MEL, .9), P(NV, .8), P(MEL, .7), P(NV, .6)])
     assert isinstance(example_gallery(model, images, ex), Figure)

@@ -186,7 +186,8 @@ def test_missing_class_is_handled():
         m2 = classification_metrics(y2, p2)
     assert m2["mel_recall"] is None and m2["mel_at_specificity"]["sensitivity"] is None
     ci2 = bootstrap_ci(y2, p2, None, n_boot=20)
-    assert ci2["mel_recall"] == {"value": None, "low": None, "high": None}
+    assert ci2["mel_recall"] == {"value": None, "low": None, "high": None,
+                                 "note": "undefined: no melanomas in this split"}  # a dash with the reason
     headline_table(m2, ci2)
 
 

@@ -89,6 +89,35 @@ def test_stage_html_has_its_key_sections_and_hides_code(run, stage):
     assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
 
 
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d{3}|\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)(?::|\s+\|)")
+
+
+def report_text(path) -> str:
+    "What a reader of an HTML report sees: its text, without style sheets, scripts and embedded images."
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+    for tag in soup(["style", "script"]):
+        tag.decompose()
+    return soup.get_text(" ")
+
+
+def test_report_pattern_catches_log_lines_and_nan():
+    assert LOG_LINE.search("2026-11-24 10:01:02,123 INFO derma_nb: x") and LOG_LINE.search("INFO:root:epoch 1")
+    assert LOG_LINE.search("[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.")
+    assert not LOG_LINE.search("Generated 2026-11-24 11:18:42 UTC") and not LOG_LINE.search("ERRORS of the model")
+
+
+@pytest.mark.parametrize("page", [*STAGES, "index", "model_card"])
+def test_reports_hold_results_not_logs_or_nan(run, page):
+    text = report_text(run[0] / "reports" / f"{page}.html")
+    assert not re.search(r"\bNaN\b|\bnan\b", text), f"{page}.html shows NaN: " + text[
+        max(0, re.search(r"\bNaN\b|\bnan\b", text).start() - 120):][:240]
+    hit = LOG_LINE.search(text)
+    assert not hit, f"{page}.html shows a log line: {text[max(0, hit.start() - 80):hit.start() + 160]!r}"
+    assert not re.search(r"\b0\.\d{6,}\b", text), f"{page}.html shows a raw 6-decimal float"
+
+
 def test_index_links_every_stage_and_shows_decision(run):
     from bs4 import BeautifulSoup
 
