@@ -182,16 +182,23 @@ def _failure_lines(run: PipelineRun, root: Path, tail_lines: int) -> list[str]:
     for name in run.failed:
         nb = root / "reports" / f"{name}.ipynb"
         err = notebook_error(nb) if _fresh(nb, run) else None
-        out.append(f"- stage **{name}** failed" + (f": `{err}`" if err else ""))
+        out.append(f"- stage **{name}** failed" + (f": `{_clip(err, 600)}`" if err else ""))
         if _fresh(nb, run):
             out.append(f"- executed notebook with the failing cell: `reports/{name}.ipynb`")
     if run.error:
         out.append(f"- {run.error}")
     elif not run.failed:
         out.append(f"- dvc exited with code {run.rc} before any stage failed (its last lines say why)")
-    if run.tail:
-        out += ["", "Last lines of the output:", "```", *list(run.tail)[-tail_lines:], "```"]
+    tail = list(run.tail)
+    starts = [i for i, line in enumerate(tail) if any(f"Running stage '{n}'" in line for n in run.failed)]
+    tail = tail[starts[-1]:] if starts else tail  # the failed stage's own lines, when they are still in the tail
+    if tail:
+        out += ["", "Last lines of the output:", "```", *(_clip(line, 300) for line in tail[-tail_lines:]), "```"]
     return out
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _stage_lines(run: PipelineRun, root: Path) -> list[str]:
