@@ -21,8 +21,8 @@ from .config import ParamsError, flat_dict, load_params, log
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'overrides', 'params', 'cmd_sample', 'cmd_prepare', 'cmd_fetch', 'cmd_train', 'cmd_export',
            'cmd_predict', 'cmd_evaluate', 'cmd_serve', 'cmd_report', 'cmd_results', 'cmd_plots', 'cmd_public',
-           'cmd_scan', 'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'cmd_run', 'parser',
-           'user_errors', 'main']
+           'cmd_scan', 'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'pipeline_sets', 'cmd_run',
+           'parser', 'user_errors', 'main']
 
 # %% ../nbs/23_cli.ipynb #1cd7e362
 COMMANDS: dict[str, tuple] = {}
@@ -268,8 +268,9 @@ def leftover_params(params_path: str, sets: dict) -> dict:
         return {}
     head = flat_dict(yaml.safe_load(got.stdout) or {})
     now = flat_dict(yaml.safe_load(Path(params_path).read_text()) or {})
+    # notify.* is the CLI's own (no experiment runs with it) and holds a secret: never named here
     left = {k: (head.get(k), now.get(k)) for k in sorted(set(head) | set(now))
-            if head.get(k) != now.get(k) and k not in sets}
+            if head.get(k) != now.get(k) and k not in sets and not k.startswith("notify.")}
     if left:
         log.warning("%s differs from the committed one in %d key(s) that --profile/-S do not set, and the experiment "
                     "runs with them: %s. A previous `dvc exp run` leaves its params in the workspace; `git checkout "
@@ -292,35 +293,46 @@ def run_summary(root: str | Path = ".") -> str:
     return (f"decision: {d['decision'].upper()} ({d.get('arch', 'model')}) — test {nums}\n"
             f"reports: {root / 'reports/index.html'} (start here), {root / 'reports/model_card.html'}")
 
-# %% ../nbs/23_cli.ipynb #9aad0492
-@command("run", "main job: synthetic sample if data/ is empty, then dvc repro",
+# %% ../nbs/23_cli.ipynb #1fe48068
+def pipeline_sets(sets: dict) -> dict:
+    "The overrides that go to DVC: all but the CLI's own `notify.*` keys."
+    return {k: v for k, v in sets.items() if k != "notify" and not k.startswith("notify.")}
+
+# %% ../nbs/23_cli.ipynb #e12f618a
+@command("run", "main job: synthetic sample if data/ is empty, then dvc repro; writes reports/summary.md",
          ("--profile", {"help": "profiles/NAME.yaml overrides, run as a DVC experiment (e.g. real, full)"}),
          ("dvc_args", {"nargs": argparse.REMAINDER, "help": "extra arguments for dvc, after -- (e.g. -- -n NAME)"}))
 def cmd_run(args) -> int:
     "The main job: ensure data (the synthetic sample if none), then `dvc repro` (or `dvc exp run` with overrides)."
+    from derma_nb.notify import PipelineRun, notify_run, run_logged
     from derma_nb.sample import make_synthetic_sample
 
-    sets = {**(profile_sets(args.profile) if args.profile else {}), **overrides(args.set)}
-    p = load_params(args.params, sets)  # a typo in a profile or -S fails here, naming the key
-    if not data_present(Path(p.data.dir)):
-        log.warning("no data in %s: writing the SYNTHETIC sample (see README to use HAM10000)", p.data.dir)
-        s = p.data.sample
-        make_synthetic_sample(p.data.dir, s.lesions, s.seed, s.width, s.height)
-    extra = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
-    cmd = [sys.executable, "-m", "dvc", "repro", *extra]
-    if sets:
-        leftover_params(args.params, sets)
-        cmd = [sys.executable, "-m", "dvc", "exp", "run",
-               *[a for k, v in sets.items() for a in ("-S", f"{k}={json.dumps(v)}")], *extra]
+    t0, p = time.time(), None
+    try:
+        sets = {**(profile_sets(args.profile) if args.profile else {}), **overrides(args.set)}
+        p = load_params(args.params, sets)  # a typo in a profile or -S fails here, naming the key
+        if not data_present(Path(p.data.dir)):
+            log.warning("no data in %s: writing the SYNTHETIC sample (see README to use HAM10000)", p.data.dir)
+            s = p.data.sample
+            make_synthetic_sample(p.data.dir, s.lesions, s.seed, s.width, s.height)
+        extra = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
+        cmd = [sys.executable, "-m", "dvc", "repro", *extra]
+        if sets := pipeline_sets(sets):
+            leftover_params(args.params, sets)
+            cmd = [sys.executable, "-m", "dvc", "exp", "run",
+                   *[a for k, v in sets.items() for a in ("-S", f"{k}={json.dumps(v)}")], *extra]
+    except Exception as e:  # the pipeline cannot start: the summary (and the webhook) still say why
+        notify_run(PipelineRun([], t0, time.time(), error=f"{type(e).__name__}: {e}"), p)
+        raise
     log.info("running: %s", " ".join(cmd[2:]))
-    t0 = time.time()
-    rc = subprocess.call(cmd)
-    log.info("dvc finished with exit code %d in %.1f s", rc, time.time() - t0)
-    if rc == 0:
+    run = run_logged(cmd)
+    log.info("dvc finished with exit code %d in %.1f s", run.rc, run.seconds)
+    if run.rc == 0:
         print(run_summary())
-    return rc
+    notify_run(run, p)
+    return run.rc
 
-# %% ../nbs/23_cli.ipynb #86ae11e2
+# %% ../nbs/23_cli.ipynb #ecff1b18
 def parser() -> argparse.ArgumentParser:
     "The `derma-nb` argument parser, built from `COMMANDS`."
     ap = argparse.ArgumentParser(prog="derma-nb", description="Dermoscopic skin-lesion classification on HAM10000.")
@@ -335,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
     return ap
 
-# %% ../nbs/23_cli.ipynb #73b5a2a5
+# %% ../nbs/23_cli.ipynb #5a001d5a
 def user_errors() -> tuple[type, ...]:
     "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights)."
     from derma_nb.data import DataError
@@ -355,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"derma-nb {args.command}: error: {e}", file=sys.stderr)
         return 2
 
-# %% ../nbs/23_cli.ipynb #194408b1
+# %% ../nbs/23_cli.ipynb #d976b5df
 #| eval: false
 if __name__ == "__main__":  # torchrun -m derma_nb.cli train (never run by nbdev_test)
     sys.exit(main())

@@ -21,8 +21,8 @@ from pydantic.dataclasses import dataclass
 __all__ = ['log', 'CLASSES', 'CLASS_NAMES', 'Float', 'Int', 'Bool', 'Str', 'SELECT_METRICS', 'SampleParams', 'FetchFileParams',
            'FetchParams', 'DataParams', 'SplitParams', 'PrepareParams', 'ModelParams', 'PhaseParams', 'AugmentParams',
            'TrainParams', 'BaselineParams', 'GateParams', 'DecideParams', 'EvaluateParams', 'ExplainParams',
-           'TrackingParams', 'Params', 'ParamsError', 'build_params', 'set_dotted', 'get_dotted', 'flat_dict',
-           'read_yaml', 'load_params', 'params_dict']
+           'TrackingParams', 'NotifyParams', 'Params', 'ParamsError', 'build_params', 'set_dotted', 'get_dotted',
+           'flat_dict', 'read_yaml', 'load_params', 'params_dict']
 
 # %% ../nbs/00_config.ipynb #a3dae076
 log = logging.getLogger("derma_nb")
@@ -247,7 +247,19 @@ class TrackingParams:
     tags: list[Str] = field(default_factory=lambda: ["debug"])
     out: Str = "reports/clearml"
 
-# %% ../nbs/00_config.ipynb #7d815565
+# %% ../nbs/00_config.ipynb #7c34c8a8
+@dataclass(config=_STRICT)
+class NotifyParams:
+    "Where `derma-nb run` posts its summary: a Discord/Slack webhook URL (empty: none; env DERMA_NB_WEBHOOK_URL wins)."
+    webhook_url: Str = ""
+    timeout: Float = Field(5.0, gt=0.0, le=60.0)
+    retries: Int = Field(3, ge=0, le=10)
+
+    def __post_init__(self):
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be empty or an http(s):// URL (the value is not shown: it is a secret)")
+
+# %% ../nbs/00_config.ipynb #bff5503c
 @dataclass(config=_STRICT)
 class Params:
     "Everything in params.yaml."
@@ -263,12 +275,13 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     explain: ExplainParams = field(default_factory=ExplainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    notify: NotifyParams = field(default_factory=NotifyParams)
 
-# %% ../nbs/00_config.ipynb #b1245ed3
+# %% ../nbs/00_config.ipynb #193237e6
 class ParamsError(ValueError):
     "An invalid value in params.yaml (or an override): the message names the key, the value and what is allowed."
 
-# %% ../nbs/00_config.ipynb #1e80537e
+# %% ../nbs/00_config.ipynb #0c0004ec
 def _dotted(loc) -> str:
     "pydantic's error location as the dotted key a user types (`data.fetch.files[0].url`)."
     out = ""
@@ -301,7 +314,7 @@ def _fields_at(cls, loc) -> list[str]:
         cls = nested[0]
     return sorted(f.name for f in dataclasses.fields(cls))
 
-# %% ../nbs/00_config.ipynb #a922a71e
+# %% ../nbs/00_config.ipynb #ece2da25
 _WANTS = {"greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
           "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
           "int_type": "must be an integer", "int_from_float": "must be an integer",
@@ -352,7 +365,7 @@ def build_params(raw: dict | None) -> Params:
     except ValidationError as e:
         raise ParamsError(_message(e.errors(), raw)) from None
 
-# %% ../nbs/00_config.ipynb #923cf3de
+# %% ../nbs/00_config.ipynb #30204096
 def set_dotted(d: dict, dotted: str, value):
     "Set `d[a][b][c] = value` for `dotted='a.b.c'`, creating intermediate mappings."
     *parents, last = dotted.split(".")
@@ -364,7 +377,7 @@ def set_dotted(d: dict, dotted: str, value):
             raise ParamsError(f"cannot set {dotted}: {p} is not a mapping")
     d[last] = value
 
-# %% ../nbs/00_config.ipynb #61666b84
+# %% ../nbs/00_config.ipynb #19db7ace
 def get_dotted(d: dict, dotted: str):
     "`d[a][b][c]` for `dotted='a.b.c'`."
     for p in dotted.split("."):
@@ -379,7 +392,7 @@ def flat_dict(d: dict, prefix: str = "") -> dict:
         out.update(flat_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
-# %% ../nbs/00_config.ipynb #ea57a43b
+# %% ../nbs/00_config.ipynb #0e58f169
 def read_yaml(path: str | Path) -> dict:
     "A YAML mapping from `path`; `ParamsError` naming the file when it is missing, not YAML, or not a mapping."
     path = Path(path)

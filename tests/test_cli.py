@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 import derma_nb.cli as cli
+import derma_nb.notify as notify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +23,8 @@ def _run(tmp_path, monkeypatch, argv):
     (tmp_path / "mydata" / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n")
     calls = []
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(notify, "run_logged",
+                        lambda cmd: calls.append(cmd) or notify.PipelineRun(cmd, time.time(), time.time(), rc=0))
     assert cli.main(argv) == 0
     assert len(calls) == 1
     return calls[0][2:]  # drop `python -m`

@@ -56,6 +56,17 @@ def test_run_created_the_synthetic_sample_and_every_stage_ran(run):
         assert f"Running stage '{stage}'" in out, stage
 
 
+def test_run_wrote_its_summary(run):
+    "reports/summary.md: the decision, metrics with CIs, every stage's time, SYNTHETIC; git-ignored."
+    repo, env, _ = run
+    text = (repo / "reports/summary.md").read_text()
+    assert re.match(r"# derma-nb run: succeeded — model (PROMOTED|REJECTED)\n\n> SYNTHETIC sample", text), text
+    assert re.search(r"\| Balanced accuracy \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", text), text
+    for stage in STAGES + ("report",):
+        assert re.search(rf"\| {stage} \| ran \| \d+\.\d s \|", text), stage
+    assert "summary" not in sh("git status --porcelain", repo, env)[1]
+
+
 STAGES = ("prepare", "eda", "baseline", "train", "decide", "evaluate", "explain", "export")
 KEY_SECTIONS = {
     "prepare": ["Data preparation", "What was not taken as it is", "Lesion groups and the split", "SYNTHETIC"],
@@ -277,9 +288,13 @@ def test_failing_stage_is_named_keeps_its_notebook_and_reruns_alone(run):
     nb["cells"].insert(len(nb["cells"]) - 1, {"cell_type": "code", "metadata": {}, "execution_count": None,
                                               "outputs": [], "source": ["raise RuntimeError('planted failure')"]})
     nb_path.write_text(json.dumps(nb))
-    rc, out = sh("dvc repro", repo, env)
+    rc, out = sh("derma-nb run", repo, env)
     assert rc != 0 and "failed to reproduce 'explain'" in out, out[-3000:]
     assert set(re.findall(r"Running stage '(\w+)'", out)) == {"explain"}, "nothing upstream recomputed"
+    summary = (repo / "reports/summary.md").read_text()
+    assert summary.startswith("# derma-nb run: FAILED at stage `explain`"), summary
+    assert "stage **explain** failed: `RuntimeError: planted failure`" in summary and "reports/explain.ipynb" in summary
+    assert "| evaluate | up to date | – |" in summary and "| explain | **failed** |" in summary
     executed = json.loads((repo / "reports/explain.ipynb").read_text())
     text = json.dumps(executed)
     assert "planted failure" in text and "papermill-error-cell" in text, "error cell highlighted by papermill"
