@@ -120,7 +120,7 @@ def _prediction(served: ServedModel, probs: np.ndarray, name: str, t0: float) ->
     return {"file": name, **describe(probs, p.decision, p.classes), "notice": NOTICE,
             "synthetic_model": bool(p.synthetic), "warning": SYNTHETIC_WARNING if p.synthetic else None,
             "prediction_set_coverage": 1 - p.decision.conformal["alpha"] if p.decision and p.decision.conformal else None,
-            "model": model_line(p), "views": p.views, "cam": None, "cam_note": None,
+            "model": model_line(p), "views": p.views, "image_size": p.image_size, "cam": None, "cam_note": None,
             "ms": round(1000 * (time.perf_counter() - t0), 2)}
 
 # %% ../nbs/25_serve.ipynb #8be44d9c
@@ -209,8 +209,8 @@ body{font-family:system-ui,sans-serif;max-width:68rem;margin:1.5rem auto;padding
 .notice{background:#eef4fb;border-left:4px solid #3a6ea5;padding:.6rem .8rem}
 .warn{background:#fde8e8;border-left:4px solid #b00020;padding:.6rem .8rem;font-weight:600}
 .model{color:#555;font-size:.9rem} form{margin:1rem 0} button{font-size:1rem;padding:.3rem 1rem}
-#result{display:none} .row{display:flex;gap:1.5rem;flex-wrap:wrap} figure{margin:0} figcaption{font-size:.9rem}
-img.view{width:224px;height:224px;image-rendering:auto;border:1px solid #ccc}
+#result{display:none} .row{display:flex;gap:1.5rem;flex-wrap:wrap} figure{margin:0;max-width:224px} figcaption{font-size:.9rem}
+img.view{width:224px;height:224px;object-fit:cover;border:1px solid #ccc}
 table{border-collapse:collapse} td,th{padding:.2rem .5rem;text-align:left} td.num{text-align:right}
 .bar{background:#3a6ea5;height:.8rem} .flag{color:#b00020;font-weight:700} .error{color:#b00020;font-weight:600}
 </style></head><body>
@@ -222,9 +222,9 @@ table{border-collapse:collapse} td,th{padding:.2rem .5rem;text-align:left} td.nu
 <p id="status" role="status"></p>
 <div id="result"><h2 id="top"></h2><p id="set"></p><p id="mel"></p>
 <div class="row"><table id="probs"><thead><tr><th>class</th><th>probability</th><th></th></tr></thead><tbody></tbody></table>
-<figure><img class="view" id="orig" alt="the uploaded image"><figcaption>uploaded image</figcaption></figure>
-<figure><img class="view" id="overlay" alt="Grad-CAM overlay of the top class"><figcaption id="camcap">Grad-CAM of the top class
-(red: regions that raised its score)</figcaption></figure></div></div>
+<div class="row"><figure><img class="view" id="orig" alt="the uploaded image"><figcaption>the uploaded image</figcaption></figure>
+<figure><img class="view" id="overlay" alt="Grad-CAM overlay of the top class"><figcaption id="camcap"></figcaption></figure>
+</div></div></div>
 <script>
 const names = $names;
 const pct = p => (100 * p).toFixed(1) + "%";
@@ -242,7 +242,7 @@ document.getElementById("f").addEventListener("submit", async ev => {
                document.getElementById("result").style.display = "none"; return; }
   status.textContent = "done in " + j.ms.toFixed(0) + " ms";
   document.getElementById("top").textContent = "Most likely: " + j.top_class + " (" + (names[j.top_class] || "") + "), " + pct(j.top_probability);
-  document.getElementById("set").textContent = j.prediction_set ? "Prediction set (built on validation to contain the true class " + pct(j.prediction_set_coverage) + " of the time): " + j.prediction_set.join(", ") : "";
+  document.getElementById("set").textContent = j.prediction_set ? "Prediction set (built on validation to contain the true class " + Math.round(100 * j.prediction_set_coverage) + "% of the time): " + j.prediction_set.join(", ") : "";
   const mel = document.getElementById("mel");
   mel.textContent = j.melanoma_suspected === null ? "" : (j.melanoma_suspected ? "Melanoma suspected: P(mel) " + pct(j.probabilities.mel) + " is above the operating threshold" : "Melanoma not flagged (P(mel) " + pct(j.probabilities.mel) + ")");
   mel.className = j.melanoma_suspected ? "flag" : "";
@@ -255,7 +255,7 @@ document.getElementById("f").addEventListener("submit", async ev => {
     tr.insertCell().appendChild(bar); });
   document.getElementById("orig").src = URL.createObjectURL(file);
   const ov = document.getElementById("overlay");
-  if (j.cam) { ov.src = j.cam; ov.style.display = ""; document.getElementById("camcap").textContent = "Grad-CAM of " + j.top_class + " (red: regions that raised its score)"; }
+  if (j.cam) { ov.src = j.cam; ov.style.display = ""; document.getElementById("camcap").textContent = "Grad-CAM of " + j.top_class + " on the model's " + j.image_size + " px input; red: regions that raised its score"; }
   else { ov.removeAttribute("src"); ov.style.display = "none"; document.getElementById("camcap").textContent = j.cam_note || ""; }
   document.getElementById("result").style.display = "block";
 });
