@@ -245,12 +245,6 @@ def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str]
         except subprocess.CalledProcessError:
             return None
 
-    def timings(rev, train):  # a DVC out in the cache since timings left metrics/train.json; older runs: train.json
-        try:
-            return json.loads(dvc.api.read("reports/timings/train.json", repo=str(repo), rev=rev))
-        except Exception:
-            return train.get("timings", {})
-
     out = []
     for r in dvc.api.exp_show(repo=str(repo), revs=list(rev) if isinstance(rev, (list, tuple)) else rev):
         name, rev = r.get("Experiment"), r.get("rev")
@@ -264,7 +258,9 @@ def collect_experiments(repo: str | Path = ".", names=None, rev: str | list[str]
         when = subprocess.run(["git", "log", "-1", "--format=%ct", rev], cwd=repo, capture_output=True,
                               text=True).stdout.strip()
         out.append({"name": name, "rev": rev, "created": int(when or 0), "params": flat_dict(yaml.safe_load(params)),
-                    "train": json.loads(train), "test": json.loads(test), "timings": timings(rev, json.loads(train))})
+                    "train": json.loads(train), "test": json.loads(test),
+                    # only older experiments carry timings (train.json); outs are byte-identical now: "–"
+                    "timings": json.loads(train).get("timings", {})})
     return sorted(out, key=lambda e: (e["created"], e["name"]))  # in the order they ran
 
 # %% ../nbs/20_report.ipynb #c52430e6
@@ -289,7 +285,7 @@ def experiments_table(exps: list[dict], base: str | None = None) -> str:
         t, tr = e["test"], e["train"]
         secs = sum(v for k, v in e.get("timings", {}).items() if k.endswith("_seconds") and v)
         lines.append(f"| {e['name']} | {changed(e)} | {tr.get('epochs_run')} | {tr.get('best', {}).get('value', 0):.3f} | "
-                     f"{secs / 60:.1f} | {t['accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {ci(t, 'macro_f1')} | "
+                     f"{f'{secs / 60:.1f}' if secs else '–'} | {t['accuracy']:.3f} | {t['balanced_accuracy']:.3f} | {ci(t, 'macro_f1')} | "
                      f"{t['mel_recall']:.3f} | {t['macro_auc']:.3f} |")
     return "\n".join(lines) + "\n"
 

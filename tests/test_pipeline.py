@@ -71,7 +71,7 @@ STAGES = ("prepare", "eda", "baseline", "train", "decide", "evaluate", "explain"
 KEY_SECTIONS = {
     "prepare": ["Data preparation", "What was not taken as it is", "Lesion groups and the split", "SYNTHETIC"],
     "export": ["ONNX export", "max_abs_logit_diff", "Sidecar"],
-    "eda": ["Class distribution", "Imbalance ratio", "Missing values", "Images per lesion", "lesion-disjoint",
+    "eda": ["Class distribution", "imbalance ratio", "Missing values", "Images per lesion", "lesion-disjoint",
             "Lesion overlap between splits"],
     "baseline": ["Fitted", "Per-class recall", "Metrics"],
     "train": ["Curves", "Best epoch", "device"],
