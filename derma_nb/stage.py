@@ -174,14 +174,16 @@ SYNTHETIC_BANNER = ("SYNTHETIC sample: drawn lesions, not patient data. The numb
 "The banner every stage report carries when the run's data is the synthetic sample."
 
 
-def page_header(current: str | None = None, synthetic: bool = False) -> str:
-    "The top of every stage report: a link to the index, links to the other stage reports, the synthetic banner."
+def page_header(current: str | None = None, synthetic: bool = False, run: str = "", profile: str = "") -> str:
+    "The top of every stage report: project, profile and run id, links to the index and the other reports, the banner."
+    who = " · ".join(["<b>derma-nb</b>"] + [f"{k} <code>{v}</code>" for k, v in (("profile", profile), ("run", run)) if v])
     links = " · ".join(f"<b>{t}</b>" if n == current else f"<a href='{n}.html'>{t}</a>" for n, t in STAGE_TITLES.items())
     banner = (f"<p style='background:#fcf3cf;color:#7d6608;border-left:4px solid #b7950b;padding:.5em 1em;"
               f"font:600 15px system-ui,sans-serif'>{SYNTHETIC_BANNER}</p>" if synthetic else "")
     return (f"<style>nav.dn a{{color:#1f618d;text-decoration:underline}}</style>"
             f"<nav class='dn' style='font:14px system-ui,sans-serif;padding:.6em 1em;border-bottom:1px solid #d5d8dc'>"
-            f"<a href='index.html'>← report index</a> &nbsp;|&nbsp; {links} · <a href='model_card.html'>Model card</a>"
+            f"{who} &nbsp;|&nbsp; <a href='index.html'>← report index</a> &nbsp;|&nbsp; {links} · "
+            f"<a href='model_card.html'>Model card</a>"
             f"</nav><div style='padding:0 1em'>{banner}</div>")
 
 
@@ -238,8 +240,10 @@ def run_stage(name: str, params_path: str = "params.yaml", stages_dir: str | Pat
                         log_output=False, stderr_file=sys.stderr, kernel_name="python3",
                         extra_arguments=["--IPKernelApp.log_level=ERROR"])
     strip_run_noise(out)  # a failed run keeps its times: papermill raises before this line
-    synthetic = bool(read_manifest(load_params(params_path)).get("synthetic"))
-    return render_html(out, f"{STAGE_TITLES[name]} — derma-nb", page_header(name, synthetic))
+    p = load_params(params_path)
+    manifest = read_manifest(p)
+    header = page_header(name, bool(manifest.get("synthetic")), run_identity(params_path, manifest), p.profile)
+    return render_html(out, f"{STAGE_TITLES[name]} — derma-nb", header)
 
 # %% ../nbs/19_stage.ipynb #75318edf
 def main(argv: list[str] | None = None) -> int:
