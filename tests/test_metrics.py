@@ -14,9 +14,9 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 
 from derma_nb.config import CLASSES
 from derma_nb.figures import plot_confusion, plot_history, plot_reliability, plot_roc
-from derma_nb.metrics import (BOOT_METRICS, HEADLINE, bootstrap_ci, classification_metrics, confusion_long,
-                              expected_calibration_error, headline_table, label_metrics, per_class_table, roc_points,
-                              sensitivity_at_specificity)
+from derma_nb.figures import confusion_long, roc_points
+from derma_nb.metrics import (BOOT_METRICS, HEADLINE, bootstrap_ci, classification_metrics, expected_calibration_error,
+                              headline_table, label_metrics, per_class_table, sensitivity_at_specificity)
 
 K = len(CLASSES)
 MEL = CLASSES.index("mel")
