@@ -80,6 +80,8 @@ class ServedModel:
 
     def cam_png(self, image: np.ndarray, target: int) -> str:
         "A data: URL of the PNG of the image with the Grad-CAM of class `target` over it."
+        from PIL import Image
+
         from derma_nb.explain import gradcam, overlay
         from derma_nb.model import load_model
 
@@ -88,7 +90,6 @@ class ServedModel:
                 self._cam_model = load_model(self.cam_path)[0].eval()
             cam = gradcam(self._cam_model, image[None], [target])[0]
         buf = io.BytesIO()
-        from PIL import Image
         Image.fromarray(overlay(image, cam)).save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
