@@ -82,9 +82,10 @@ def _stratified(groups_dx: pd.Series, fractions, seed: int) -> tuple[list, list,
     _, f_val, f_test = fractions
     k = groups_dx.nunique()
     n_test = max(int(round(f_test * len(groups_dx))), k)  # at least one group per class
-    rest, test = train_test_split(groups_dx.index, test_size=n_test, stratify=groups_dx.values, random_state=seed)
+    ids = groups_dx.index.to_numpy(dtype=object)  # plain numpy: sklearn cannot index pandas' Arrow-backed strings
+    rest, test = train_test_split(ids, test_size=n_test, stratify=groups_dx.to_numpy(), random_state=seed)
     n_val = max(int(round(f_val * len(groups_dx))), k)
-    train, val = train_test_split(rest, test_size=n_val, stratify=groups_dx[rest].values, random_state=seed)
+    train, val = train_test_split(rest, test_size=n_val, stratify=groups_dx[rest].to_numpy(), random_state=seed)
     rng = np.random.default_rng(seed)
     train, val, test = list(train), list(val), list(test)
     for part in (test, val):

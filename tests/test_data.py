@@ -643,6 +643,14 @@ def test_split_seeded():
     assert a.tolist() != c.tolist()
 
 
+def test_split_with_arrow_backed_strings():
+    "pandas 3 with pyarrow stores strings as Arrow arrays, which scikit-learn cannot index (seen on a GPU box)."
+    pytest.importorskip("pyarrow")
+    meta = fake_meta(BIG)
+    arrow = meta.astype({c: "string[pyarrow]" for c in meta.columns})
+    assert lesion_split(arrow, seed=0).tolist() == lesion_split(meta.astype(object), seed=0).tolist()
+
+
 def test_split_other_fractions():
     meta = fake_meta(BIG)
     split = lesion_split(meta, (0.6, 0.2, 0.2), seed=0)
