@@ -6,6 +6,7 @@ import re
 import shlex
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -73,3 +74,15 @@ def test_bench_sections_run_and_compare(sample, tmp_path):
     assert all(isinstance(r["value"], (int, float)) and r["value"] > 0 for r in rows)
     md = (tmp_path / "benchmarks.md").read_text()
     assert "tf_efficientnet_lite0" in md and "| phase2 |" in md
+
+
+def test_prior_shift_adjustment():
+    spec = importlib.util.spec_from_file_location("prior_shift", ROOT / "tools" / "prior_shift.py")
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    probs = np.array([[0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    prior = np.array([0.7, 0.2, 0.1])
+    assert ps.adjusted(probs, prior, 0.0).tolist() == [0, 0]  # τ = 0: the plain argmax (ties: first class)
+    assert ps.adjusted(probs, prior, 1.0).tolist() == [1, 2]  # τ = 1: 0.6/0.7 < 0.3/0.2; uniform -> rarest class
+    s = ps.scores(np.array([4, 4, 5, 5]), np.array([4, 5, 5, 5]))
+    assert s["mel_recall"] == 0.5 and s["balanced_accuracy"] == 0.75

@@ -1,0 +1,73 @@
+"""How far a validation-fitted prior correction moves a finished run's balanced accuracy and macro F1 (an analysis,
+not part of the pipeline).
+
+    python tools/prior_shift.py [--run-dir DIR]      # DIR: a checkout where `derma-nb run` finished (default .)
+
+The released model's calibrated probabilities (its stored decision: temperature, test-time views) on the validation
+and test splits, then logit adjustment: predict argmax_c log p_c − τ·log prior_c, with prior the training split's class
+frequencies. τ = 0 is the plain argmax the pipeline reports; τ = 1 undoes the training prior fully. τ is chosen on
+**validation** (once for balanced accuracy, once for macro F1) and reported on test, with the τ grid as a table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def scores(y, pred) -> dict:
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    from derma_nb.config import CLASSES
+
+    return {"balanced_accuracy": balanced_accuracy_score(y, pred), "macro_f1": f1_score(y, pred, average="macro"),
+            "mel_recall": recall_score(y, pred, labels=[CLASSES.index("mel")], average="macro", zero_division=0)}
+
+
+def adjusted(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    "Predictions after logit adjustment by τ·log prior."
+    return (np.log(np.clip(probs, 1e-12, None)) - tau * np.log(prior)).argmax(1)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default=".", help="checkout of a finished run (artifacts/, params.yaml)")
+    args = ap.parse_args(argv)
+    os.chdir(args.run_dir)
+    from derma_nb.cache import load_prepared
+    from derma_nb.config import load_params
+    from derma_nb.decide import RELEASE_MODEL, Decision
+    from derma_nb.inference import predict_logits
+    from derma_nb.model import load_model
+
+    p = load_params("params.yaml")
+    prep = load_prepared(p.prepare.out)
+    model, meta = load_model(RELEASE_MODEL)
+    d = Decision(**meta["decision"])
+    prior = np.bincount(prep.labels("train"), minlength=len(meta["classes"])) / len(prep.rows("train"))
+    split = {s: (d.probs(predict_logits(model, prep.images, prep.rows(s), p.train.eval_batch_size, "cpu",
+                                        views=d.views).numpy()), prep.labels(s)) for s in ("val", "test")}
+    grid = np.round(np.linspace(0, 1.5, 31), 2)
+    rows = [(t, scores(split["val"][1], adjusted(split["val"][0], prior, t)),
+             scores(split["test"][1], adjusted(split["test"][0], prior, t))) for t in grid]
+    print(f"{meta['arch']}, {d.views} view(s), T {d.temperature:.3f}; training prior "
+          + ", ".join(f"{c} {q:.3f}" for c, q in zip(meta["classes"], prior)))
+    print("| τ | val bal. acc. | val macro F1 | test bal. acc. | test macro F1 | test mel recall |\n|---|---|---|---|---|---|")
+    for t, v, te in rows:
+        if t in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5):
+            print(f"| {t:.2f} | {v['balanced_accuracy']:.3f} | {v['macro_f1']:.3f} | {te['balanced_accuracy']:.3f} | "
+                  f"{te['macro_f1']:.3f} | {te['mel_recall']:.3f} |")
+    for metric in ("balanced_accuracy", "macro_f1"):
+        t, v, te = max(rows, key=lambda r: (r[1][metric], -r[0]))  # ties: the smaller correction
+        print(f"τ chosen on validation {metric}: {t:.2f} (val {v[metric]:.3f}) -> test balanced accuracy "
+              f"{te['balanced_accuracy']:.3f}, macro F1 {te['macro_f1']:.3f}, melanoma recall {te['mel_recall']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
