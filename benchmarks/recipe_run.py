@@ -23,21 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def parse_sets(pairs: list[str]) -> dict:
-    "KEY=VALUE pairs (VALUE parsed as YAML, as DVC's -S does) into a dict of dotted overrides."
-    out = {}
-    for kv in pairs:
-        if "=" not in kv:
-            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE, e.g. train.phase2.epochs=10")
-        k, v = kv.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
 
 
 def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str) -> dict:
@@ -176,7 +164,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     name = args.name or args.profile or "params"
     out = Path(args.out)
-    r = run_recipe(args.profile, args.data, out, parse_sets(args.set), name)
+    from derma_nb.cli import overrides
+    from derma_nb.config import ParamsError
+
+    try:
+        sets = overrides(args.set)  # parsed as `derma-nb run -S` parses them
+    except ParamsError as e:
+        raise SystemExit(f"--set: expected KEY=VALUE ({e})") from None
+    r = run_recipe(args.profile, args.data, out, sets, name)
     (out / f"recipe_{name}.json").write_text(json.dumps(r, indent=1, default=str))
     print("\n".join(summary_lines(r)), flush=True)
 

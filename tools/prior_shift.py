@@ -22,11 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def scores(y, pred) -> dict:
-    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+    "The pipeline's balanced accuracy and macro F1 (`label_metrics`) of predicted labels, and melanoma recall."
+    from sklearn.metrics import recall_score
 
     from derma_nb.config import CLASSES
+    from derma_nb.metrics import label_metrics
 
-    return {"balanced_accuracy": balanced_accuracy_score(y, pred), "macro_f1": f1_score(y, pred, average="macro"),
+    m = label_metrics(y, np.eye(len(CLASSES))[pred])
+    return {"balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
             "mel_recall": recall_score(y, pred, labels=[CLASSES.index("mel")], average="macro", zero_division=0)}
 
 
