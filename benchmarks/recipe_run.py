@@ -7,13 +7,15 @@ The same library calls the stage notebooks make, in the same order: prepare (dec
 two-phase fit, the decisions fitted on the validation split (temperature, melanoma threshold, conformal q̂), then the
 test split with 95% CIs (Wilson / lesion bootstrap). It prints what a GPU run is judged on: seconds and images/s per
 phase, seconds per epoch, total wall time, peak GPU memory, and the test metrics, and writes all of it to
-OUT/recipe_<name>.json. Profiles come from profiles/NAME.yaml; `--set` overrides any dotted key, as `-S` does for DVC.
+OUT/recipe_<name>.json (and the validation and test logits, every view, to OUT/recipe_<name>_logits.npz, for
+seed ensembles or prior corrections afterwards). `--train-seed N` reseeds training only, on the same split. Profiles come from profiles/NAME.yaml; `--set` overrides any dotted key, as `-S` does for DVC.
 The pipeline (`derma-nb run --profile ...`) remains the way to get the reports; this is for timing a profile where
 the pipeline's tools are not installed.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str) -> dict:
+def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str, train_seed: int | None = None) -> dict:
     from derma_nb.cache import load_prepared, prepare_dataset
     from derma_nb.cli import profile_sets
     from derma_nb.config import load_params
@@ -44,7 +46,7 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str)
                  "prepare.out": str(work / "prepared"), "train.out": str(work / "model"),
                  "train.checkpoints": str(work / "checkpoints"), **sets}
     p = load_params(ROOT / "params.yaml", overrides)
-    seed_info = seed_everything(p.seed)
+    seed_info, split_seed = seed_everything(p.seed), p.seed
     dev = pick_device(p.device)
     cuda = dev.type == "cuda"
     if cuda:
@@ -57,6 +59,9 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str)
                     p.seed, p.data.lenient, p.prepare.workers)
     t_prepare = time.perf_counter() - t0
 
+    if train_seed is not None:  # another training seed on the same split (the split follows `seed`)
+        split_seed, p = p.seed, dataclasses.replace(p, seed=train_seed)
+        seed_info = {"split": seed_info, "train": seed_everything(train_seed)}
     t0 = time.perf_counter()
     res = train_model(p, dev, metrics_dir=work / "metrics", plots_dir=work / "plots",
                       timings_path=work / "timings_train.json", resume=False)
@@ -75,9 +80,12 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str)
     rows = prep.rows("test")
     test_t = prep.table.loc[rows]
     y, groups = test_t.label.to_numpy(), test_t.group.to_numpy()
-    probs = d.probs(predict_logits(model, prep.images, rows, bs, dev, views=d.views).numpy())
+    test_logits = predict_logits(model, prep.images, rows, bs, dev, views=d.views).numpy()
+    probs = d.probs(test_logits)
+    np.savez_compressed(out / f"recipe_{name}_logits.npz", val=val_logits, test=test_logits, y_val=prep.labels("val"),
+                        y_test=y, test_groups=groups.astype(str))  # for ensembles / prior corrections afterwards
     m = classification_metrics(y, probs, mel_specificity=p.evaluate.mel_specificity)
-    ci = bootstrap_ci(y, probs, groups, metrics=tuple(HEADLINE), n_boot=p.evaluate.n_boot, seed=p.seed)
+    ci = bootstrap_ci(y, probs, groups, metrics=tuple(HEADLINE), n_boot=p.evaluate.n_boot, seed=split_seed)
     t_eval = time.perf_counter() - t0
 
     tm = res.timings
@@ -86,7 +94,8 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str)
                "images_per_s": None if r.images_per_s != r.images_per_s else round(float(r.images_per_s), 1),
                "val_balanced_accuracy": round(float(r.val_balanced_accuracy), 4)} for r in h.itertuples()]
     return {
-        "name": name, "profile": profile, "overrides": sets, "device": str(dev),
+        "name": name, "profile": profile, "overrides": sets, "train_seed": train_seed,
+        "device": str(dev),
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "torch": torch.__version__, "seed": seed_info, "image_size": p.prepare.image_size, "arch": p.model.arch,
         "images": {s: len(prep.rows(s)) for s in ("train", "val", "test")},
@@ -136,7 +145,10 @@ def runs_table(paths: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rs:
         tm, ph2 = r["train_timings"], [e["seconds"] for e in r["epochs"] if e["phase"] == 2]
-        over = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items() if k != "prepare.workers") or "as profiled"
+        over = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items() if k != "prepare.workers")
+        if r.get("train_seed") is not None:
+            over = ", ".join(filter(None, [over, f"training seed {r['train_seed']}"]))
+        over = over or "as profiled"
         b = r["best"]
         cells = [r["name"], f"{r['profile'] or 'params.yaml'}: {over}", r["device_name"], r["image_size"], r["seconds"]["total"],
                  tm.get("phase1_images_per_s"), tm.get("phase2_images_per_s"),
@@ -148,17 +160,44 @@ def runs_table(paths: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread_table(paths: list[str]) -> str:
+    "Runs that differ only in the training seed, grouped: mean ± SD over the seeds of the validation and test figures."
+    groups: dict[str, list[dict]] = {}
+    for f in paths:
+        r = json.loads(Path(f).read_text())
+        over = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items() if k != "prepare.workers") or "as profiled"
+        groups.setdefault(f"{r['profile'] or 'params.yaml'}: {over}", []).append(r)
+
+    def ms(xs) -> str:
+        return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+    head = ["setting", "training seeds", "best val (selection metric)", "test bal. acc.", "test macro F1",
+            "test mel recall", "test macro AUC"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting, rs in groups.items():
+        seeds = [r.get("train_seed") if r.get("train_seed") is not None else r["seed"]["seed"] for r in rs]
+        cells = [setting, ", ".join(map(str, seeds)), ms([r["best"]["value"] for r in rs]),
+                 *(ms([r["test"][k]["value"] for r in rs]) for k in ("balanced_accuracy", "macro_f1", "mel_recall",
+                                                                     "macro_auc"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", help="profiles/NAME.yaml (e.g. full, real); none = params.yaml as it is")
     ap.add_argument("--data", help="the HAM10000 folder (metadata CSV + images)")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print a Markdown table of earlier runs and exit")
+    ap.add_argument("--spread", nargs="+", metavar="JSON", help="print mean ± SD over training seeds per setting and exit")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted param")
     ap.add_argument("--name", help="name of this run (default: the profile)")
+    ap.add_argument("--train-seed", type=int, help="seed for training only; the split keeps `seed` (for seed spread)")
     ap.add_argument("--out", default="recipe_runs", help="folder for the prepared cache, the model and the JSON")
     args = ap.parse_args(argv)
     if args.table:
         return print(runs_table(args.table), end="")
+    if args.spread:
+        return print(spread_table(args.spread), end="")
     if not args.data:
         ap.error("--data is required to run a recipe")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -171,7 +210,7 @@ def main(argv=None):
         sets = overrides(args.set)  # parsed as `derma-nb run -S` parses them
     except ParamsError as e:
         raise SystemExit(f"--set: expected KEY=VALUE ({e})") from None
-    r = run_recipe(args.profile, args.data, out, sets, name)
+    r = run_recipe(args.profile, args.data, out, sets, name, args.train_seed)
     (out / f"recipe_{name}.json").write_text(json.dumps(r, indent=1, default=str))
     print("\n".join(summary_lines(r)), flush=True)
 

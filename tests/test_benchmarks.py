@@ -30,8 +30,9 @@ def sample(tmp_path_factory):
 def test_recipe_run_on_the_sample(sample, tmp_path, capsys):
     rr = _load("recipe_run")
     rr.main(["--data", str(sample), "--out", str(tmp_path), "--name", "smoke", "--set", "train.phase1.epochs=3",
-             "--set", "train.phase2.epochs=1", "--set", "decide.views=2"])
+             "--set", "train.phase2.epochs=1", "--set", "decide.views=2", "--train-seed", "3"])
     r = json.loads((tmp_path / "recipe_smoke.json").read_text())
+    assert r["train_seed"] == 3 and r["seed"]["train"]["seed"] == 3 and r["seed"]["split"]["seed"] == 0
     assert r["overrides"] == {"train.phase1.epochs": 3, "train.phase2.epochs": 1, "decide.views": 2}
     assert [(e["phase"], e["epoch"]) for e in r["epochs"]] == [(1, 1), (1, 2), (1, 3), (2, 1)]
     assert r["decision"]["views"] == 2 and r["decision"]["temperature"] > 0
@@ -46,7 +47,34 @@ def test_recipe_run_on_the_sample(sample, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "smoke: tf_efficientnet_lite0 at 64 px on cpu" in out and "phase 2: 1 epochs" in out
     table = rr.runs_table([tmp_path / "recipe_smoke.json"])
-    assert "| smoke | params.yaml: `train.phase1.epochs=3`, `train.phase2.epochs=1`, `decide.views=2` |" in table
+    assert ("| smoke | params.yaml: `train.phase1.epochs=3`, `train.phase2.epochs=1`, `decide.views=2`, training seed 3 |"
+            in table)
+    z = np.load(tmp_path / "recipe_smoke_logits.npz")  # every view's logits, for ensembles and prior corrections
+    assert z["val"].shape == (2, len(z["y_val"]), 7) and z["test"].shape == (2, len(z["y_test"]), 7)
+    assert len(z["test_groups"]) == len(z["y_test"]) == r["images"]["test"]
+    from derma_nb.decide import calibrated_probs  # the saved test logits are the ones the printed metrics came from
+    from derma_nb.metrics import label_metrics
+
+    p = calibrated_probs(z["test"], r["decision"]["temperature"])
+    assert label_metrics(z["y_test"], p)["macro_f1"] == pytest.approx(r["test"]["macro_f1"]["value"], abs=1e-9)
+
+
+def test_spread_table_groups_runs_by_setting(tmp_path):
+    rr = _load("recipe_run")
+
+    def run(name, seed, overrides, bal, val):
+        r = {"name": name, "profile": "real", "overrides": {"prepare.workers": 16, **overrides}, "train_seed": seed,
+             "seed": {"split": {"seed": 0}, "train": {"seed": seed}}, "best": {"value": val},
+             "test": {k: {"value": bal} for k in ("balanced_accuracy", "macro_f1", "mel_recall", "macro_auc")}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+        return tmp_path / f"{name}.json"
+
+    files = [run("a0", 0, {}, 0.60, 0.62), run("a1", 1, {}, 0.62, 0.64), run("b0", 0, {"train.phase2.lr": 0.001}, 0.7, 0.66)]
+    lines = rr.spread_table(files).splitlines()
+    assert len(lines) == 4  # header, rule, two settings (the seed is not a setting; prepare.workers is not shown)
+    assert lines[2] == ("| real: as profiled | 0, 1 | 0.630 ± 0.014 | 0.610 ± 0.014 | 0.610 ± 0.014 | 0.610 ± 0.014 | "
+                        "0.610 ± 0.014 |")
+    assert lines[3].startswith("| real: `train.phase2.lr=0.001` | 0 | 0.660 | 0.700 |")
 
 
 def test_recipe_run_names_a_bad_override(sample, tmp_path):

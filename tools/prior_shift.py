@@ -2,6 +2,7 @@
 not part of the pipeline).
 
     python tools/prior_shift.py [--run-dir DIR]      # DIR: a checkout where `derma-nb run` finished (default .)
+    python tools/prior_shift.py --logits reports/gpu/recipe_X_logits.npz [...]   # recipe_run.py runs (averaged)
 
 The released model's calibrated probabilities (its stored decision: temperature, test-time views) on the validation
 and test splits, then logit adjustment: predict argmax_c log p_c − τ·log prior_c, with prior the training split's class
@@ -38,11 +39,9 @@ def adjusted(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
     return (np.log(np.clip(probs, 1e-12, None)) - tau * np.log(prior)).argmax(1)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run-dir", default=".", help="checkout of a finished run (artifacts/, params.yaml)")
-    args = ap.parse_args(argv)
-    os.chdir(args.run_dir)
+def from_run(run_dir: str) -> tuple[dict, np.ndarray, str]:
+    "Calibrated val/test probabilities of a finished pipeline run's released model, and its training prior."
+    os.chdir(run_dir)
     from derma_nb.cache import load_prepared
     from derma_nb.config import load_params
     from derma_nb.decide import RELEASE_MODEL, Decision
@@ -56,11 +55,38 @@ def main(argv=None):
     prior = np.bincount(prep.labels("train"), minlength=len(meta["classes"])) / len(prep.rows("train"))
     split = {s: (d.probs(predict_logits(model, prep.images, prep.rows(s), p.train.eval_batch_size, "cpu",
                                         views=d.views).numpy()), prep.labels(s)) for s in ("val", "test")}
+    return split, prior, f"{meta['arch']}, {d.views} view(s), T {d.temperature:.3f}; training prior "
+
+
+def from_logits(files: list[str]) -> tuple[dict, np.ndarray, str]:
+    """Val/test probabilities from `benchmarks/recipe_run.py` logit files, each calibrated by its own decision fitted on
+    validation, averaged over the files (several training seeds: an ensemble). The prior is the validation split's
+    class frequencies (the split is stratified by diagnosis, so it is the training prior to within rounding)."""
+    from derma_nb.config import CLASSES
+    from derma_nb.decide import decide
+
+    zs = [np.load(f) for f in files]
+    y = {s: zs[0][f"y_{s}"] for s in ("val", "test")}
+    if any((z["y_val"] != y["val"]).any() or (z["y_test"] != y["test"]).any() for z in zs):
+        raise SystemExit("--logits: the files come from different splits (their labels differ)")
+    ds = [decide(z["val"], y["val"], len(z["val"])) for z in zs]
+    split = {s: (np.mean([d.probs(z[s]) for d, z in zip(ds, zs)], 0), y[s]) for s in ("val", "test")}
+    prior = np.bincount(y["val"], minlength=len(CLASSES)) / len(y["val"])
+    return split, prior, f"{len(files)} model(s) averaged ({', '.join(Path(f).stem for f in files)}); validation prior "
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default=".", help="checkout of a finished run (artifacts/, params.yaml)")
+    ap.add_argument("--logits", nargs="+", metavar="NPZ", help="recipe_run.py logit files instead (several: averaged)")
+    args = ap.parse_args(argv)
+    from derma_nb.config import CLASSES
+
+    split, prior, header = from_logits(args.logits) if args.logits else from_run(args.run_dir)
     grid = np.round(np.linspace(0, 1.5, 31), 2)
     rows = [(t, scores(split["val"][1], adjusted(split["val"][0], prior, t)),
              scores(split["test"][1], adjusted(split["test"][0], prior, t))) for t in grid]
-    print(f"{meta['arch']}, {d.views} view(s), T {d.temperature:.3f}; training prior "
-          + ", ".join(f"{c} {q:.3f}" for c, q in zip(meta["classes"], prior)))
+    print(header + ", ".join(f"{c} {q:.3f}" for c, q in zip(CLASSES, prior)))
     print("| τ | val bal. acc. | val macro F1 | test bal. acc. | test macro F1 | test mel recall |\n|---|---|---|---|---|---|")
     for t, v, te in rows:
         if t in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5):
