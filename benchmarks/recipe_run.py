@@ -42,7 +42,8 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str,
     from derma_nb.train import train_model
 
     work = out / name
-    overrides = {**(profile_sets(profile, ROOT / "profiles") if profile else {}), "data.dir": data,
+    prof = profile_sets(profile, ROOT / "profiles") if profile else {}
+    overrides = {**prof, "data.dir": data,
                  "prepare.out": str(work / "prepared"), "train.out": str(work / "model"),
                  "train.checkpoints": str(work / "checkpoints"), **sets}
     p = load_params(ROOT / "params.yaml", overrides)
@@ -95,6 +96,7 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str,
                "val_balanced_accuracy": round(float(r.val_balanced_accuracy), 4)} for r in h.itertuples()]
     return {
         "name": name, "profile": profile, "overrides": sets, "train_seed": train_seed,
+        "profile_params": {k: v for k, v in prof.items() if k != "data.dir"},  # the profile as it was at this run
         "device": str(dev),
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "torch": torch.__version__, "seed": seed_info, "image_size": p.prepare.image_size, "arch": p.model.arch,

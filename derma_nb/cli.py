@@ -196,7 +196,7 @@ def cmd_report(args) -> int:
 
 @command("results", "README results table + results/NAME.{md,json} from a run's metrics",
          ("--run-dir", {"default": ".", "help": "the repo (or copy) whose metrics/ to read"}),
-         ("--name", {"default": "real"}),
+         ("--name", {"help": "results/NAME.{md,json} and the README block (default: real, or experiments)"}),
          ("--experiments", {"action": "store_true", "help": "instead: the table of DVC experiments"}),
          ("--base", {"help": "with --experiments: the experiment the others are compared with"}),
          ("--rev", {"action": "append", "help": "with --experiments: the commit(s) the experiments started from"}))
@@ -205,8 +205,8 @@ def cmd_results(args) -> int:
     from derma_nb.docs import write_docs_index
     from derma_nb.report import write_experiments, write_results
 
-    out = write_experiments(args.run_dir, base=args.base, rev=args.rev) if args.experiments \
-        else write_results(args.run_dir, args.name)
+    out = write_experiments(args.run_dir, base=args.base, name=args.name or "experiments", rev=args.rev) \
+        if args.experiments else write_results(args.run_dir, args.name or "real")
     print(f"wrote {out}")
     if Path("nbs").is_dir() and Path("README.md").is_file():  # in a checkout: nbs/index.ipynb is generated from README
         print(f"wrote {write_docs_index('.')}")

@@ -32,7 +32,7 @@ def test_recipe_run_on_the_sample(sample, tmp_path, capsys):
     rr.main(["--data", str(sample), "--out", str(tmp_path), "--name", "smoke", "--set", "train.phase1.epochs=3",
              "--set", "train.phase2.epochs=1", "--set", "decide.views=2", "--train-seed", "3"])
     r = json.loads((tmp_path / "recipe_smoke.json").read_text())
-    assert r["train_seed"] == 3 and r["seed"]["train"]["seed"] == 3 and r["seed"]["split"]["seed"] == 0
+    assert r["profile_params"] == {} and r["train_seed"] == 3 and r["seed"]["train"]["seed"] == 3 and r["seed"]["split"]["seed"] == 0
     assert r["overrides"] == {"train.phase1.epochs": 3, "train.phase2.epochs": 1, "decide.views": 2}
     assert [(e["phase"], e["epoch"]) for e in r["epochs"]] == [(1, 1), (1, 2), (1, 3), (2, 1)]
     assert r["decision"]["views"] == 2 and r["decision"]["temperature"] > 0
@@ -90,6 +90,14 @@ def test_readme_gpu_table_is_generated_from_the_committed_runs():
     cmd = shlex.split(re.search(r"`python benchmarks/recipe_run.py --table ([^`]+)`", first).group(1))
     assert cmd and all((ROOT / f).is_file() for f in cmd)
     assert table == _load("recipe_run").runs_table([ROOT / f for f in cmd])
+
+
+def test_readme_seed_table_is_generated_from_the_committed_runs():
+    block = (ROOT / "README.md").read_text().split("<!-- results:gpu-seeds -->\n", 1)[1]
+    first, table = block.split("<!-- /results:gpu-seeds -->", 1)[0].split("\n", 1)
+    files = shlex.split(re.search(r"`python benchmarks/recipe_run.py --spread ([^`]+)`", first).group(1))
+    assert len(files) >= 6 and all((ROOT / f).is_file() for f in files)
+    assert table == _load("recipe_run").spread_table([ROOT / f for f in files])
 
 
 def test_bench_sections_run_and_compare(sample, tmp_path):

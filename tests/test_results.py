@@ -72,6 +72,16 @@ def test_experiments_table_from_dvc_experiments(repo, monkeypatch):
     assert "old" not in readme and "prepare.image_size=96" in readme and readme.endswith("end\n")
     assert [e["name"] for e in json.loads(out.with_suffix(".json").read_text())] == ["base", "big", "fast"]
 
+    # a second table of experiments (another recipe) under its own name: its own files and README block, via the CLI
+    from derma_nb.cli import main
+
+    (repo / "README.md").write_text(readme + "<!-- results:pretrained -->\n<!-- /results:pretrained -->\n")
+    assert main(["results", "--experiments", "--base", "fast", "--name", "pretrained"]) == 0
+    first = (repo / "results" / "pretrained.md").read_text().splitlines()[0]
+    assert "`derma-nb results --experiments --base fast --name pretrained`" in first
+    readme2 = (repo / "README.md").read_text()
+    assert readme2.startswith(readme) and "(base: real profile)" in readme2.split("results:pretrained")[1]
+
 
 def test_experiments_of_an_earlier_commit(repo):
     base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
