@@ -25,7 +25,7 @@ __all__ = ['REFERENCES', 'RESULT_KEYS', 'SUMMARY_KEYS', 'headline_section', 'pro
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
 color:#1c2833;line-height:1.45}h1{margin-bottom:.1em}h2{border-bottom:1px solid #d5d8dc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d5d8dc;padding:.35em .7em;text-align:right}
-th{background:#f4f6f7}td:first-child,th:first-child{text-align:left}.muted{color:#707b7c;font-size:.9em}
+th{background:#f4f6f7}td:first-child,th:first-child,table.kv td{text-align:left}.muted{color:#707b7c;font-size:.9em}
 .badge{display:inline-block;padding:.15em .6em;border-radius:.8em;font-weight:600;font-size:.9em}
 .promoted{background:#d5f5e3;color:#145a32}.rejected{background:#fadbd8;color:#78281f}
 .synthetic{background:#fcf3cf;color:#7d6608}.real{background:#d6eaf8;color:#1b4f72}
@@ -109,7 +109,7 @@ def stages_section(root: Path) -> str:
 def identity_section(root: Path, params_path: str, seed: int, man: dict) -> str:
     "The data (count, content hash, size, splits), the params file's hash and seed, and where the code's commit is."
     params_sha = hashlib.sha256((root / params_path).read_bytes()).hexdigest()[:12]
-    return (f"<section id='identity'><h2>Identity</h2><table><tr><td>data</td><td>{man.get('count', '–')} images, "
+    return (f"<section id='identity'><h2>Identity</h2><table class='kv'><tr><td>data</td><td>{man.get('count', '–')} images, "
             f"content sha256 <code>{html.escape(str(man.get('dataset_sha256', '–'))[:16])}</code>, "
             f"{man.get('image_size', '–')} px, splits {html.escape(json.dumps(man.get('split_counts', {})))}</td></tr>"
             f"<tr><td>params</td><td><code>{html.escape(params_path)}</code> sha256 <code>{params_sha}</code>, seed "
