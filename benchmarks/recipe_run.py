@@ -8,7 +8,8 @@ two-phase fit, the decisions fitted on the validation split (temperature, melano
 test split with 95% CIs (Wilson / lesion bootstrap). It prints what a GPU run is judged on: seconds and images/s per
 phase, seconds per epoch, total wall time, peak GPU memory, and the test metrics, and writes all of it to
 OUT/recipe_<name>.json (and the validation and test logits, every view, to OUT/recipe_<name>_logits.npz, for
-seed ensembles or prior corrections afterwards). `--train-seed N` reseeds training only, on the same split. Profiles come from profiles/NAME.yaml; `--set` overrides any dotted key, as `-S` does for DVC.
+seed ensembles or prior corrections afterwards). `--train-seed N` reseeds training only, on the same split.
+Profiles come from profiles/NAME.yaml; `--set` overrides any dotted key, as `-S` does for DVC.
 The pipeline (`derma-nb run --profile ...`) remains the way to get the reports; this is for timing a profile where
 the pipeline's tools are not installed.
 """
@@ -47,7 +48,7 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str,
                  "prepare.out": str(work / "prepared"), "train.out": str(work / "model"),
                  "train.checkpoints": str(work / "checkpoints"), **sets}
     p = load_params(ROOT / "params.yaml", overrides)
-    seed_info, split_seed = seed_everything(p.seed), p.seed
+    seed_info, split_seed = seed_everything(p.seed), p.seed  # the split and the bootstrap follow `seed`
     dev = pick_device(p.device)
     cuda = dev.type == "cuda"
     if cuda:
@@ -61,7 +62,7 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str,
     t_prepare = time.perf_counter() - t0
 
     if train_seed is not None:  # another training seed on the same split (the split follows `seed`)
-        split_seed, p = p.seed, dataclasses.replace(p, seed=train_seed)
+        p = dataclasses.replace(p, seed=train_seed)
         seed_info = {"split": seed_info, "train": seed_everything(train_seed)}
     t0 = time.perf_counter()
     res = train_model(p, dev, metrics_dir=work / "metrics", plots_dir=work / "plots",
@@ -139,6 +140,11 @@ def summary_lines(r: dict) -> list[str]:
     return lines
 
 
+def _changes(r: dict) -> str:
+    "A run's overrides of its profile, as Markdown code (prepare.workers is the machine's, not the recipe's)."
+    return ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items() if k != "prepare.workers")
+
+
 def runs_table(paths: list[str]) -> str:
     "A Markdown table of recipe runs (their JSON files): what changed, time, the chosen epoch, test metrics with CIs."
     rs = [json.loads(Path(f).read_text()) for f in paths]
@@ -147,7 +153,7 @@ def runs_table(paths: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rs:
         tm, ph2 = r["train_timings"], [e["seconds"] for e in r["epochs"] if e["phase"] == 2]
-        over = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items() if k != "prepare.workers")
+        over = _changes(r)
         if r.get("train_seed") is not None:
             over = ", ".join(filter(None, [over, f"training seed {r['train_seed']}"]))
         over = over or "as profiled"
@@ -167,7 +173,7 @@ def spread_table(paths: list[str]) -> str:
     groups: dict[str, list[dict]] = {}
     for f in paths:
         r = json.loads(Path(f).read_text())
-        over = ", ".join(f"`{k}={v}`" for k, v in r["overrides"].items() if k != "prepare.workers") or "as profiled"
+        over = _changes(r) or "as profiled"
         groups.setdefault(f"{r['profile'] or 'params.yaml'}: {over}", []).append(r)
 
     def ms(xs) -> str:
