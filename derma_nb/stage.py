@@ -89,15 +89,20 @@ class Stage:
         self.log.properties(commit=git_commit(), seed=self.p.seed, device=str(self.device), **self._data_properties())
         self._closed = False
         self._hook()
-        log.info("%s: run %s, seed %d, device %s, data %s", name, self.run_id, self.p.seed, self.device,
-                 self.data_kind)
+        log.info("%s: %s, seed %d, device %s", name, self._identity(), self.p.seed, self.device)
 
     def _describe(self, manifest: dict):
         "The data this stage works on: its manifest, kind (synthetic/real), the run id, the task's tags."
         self.manifest = manifest
-        self.data_kind = "synthetic" if manifest.get("synthetic") else ("real" if manifest else "unknown")
+        self.data_kind = "synthetic" if manifest.get("synthetic") else ("real" if manifest else "unprepared")
         self.run_id = run_identity(self.params_path, manifest)
         self.tags = [f"profile:{self.p.profile}", f"data:{self.data_kind}", *self.p.tracking.tags]
+
+    def _identity(self) -> str:
+        "For the log: the run id and data kind, once the prepared data's manifest exists."
+        if not self.manifest:
+            return "data not prepared yet (the run id follows once it is)"
+        return f"run {self.run_id}, data {self.data_kind} (content hash {self.manifest.get('dataset_sha256', '')[:12]})"
 
     def _data_properties(self) -> dict:
         return {"run_id": self.run_id, "dataset_sha256": self.manifest.get("dataset_sha256", ""), "data": self.data_kind}
@@ -107,6 +112,7 @@ class Stage:
         self._describe(manifest)
         self.log.set_tags(*self.tags, f"run:{self.run_id}")
         self.log.properties(**self._data_properties())
+        log.info("%s: %s", self.name, self._identity())
 
     def _hook(self):
         "In IPython: a failing cell closes the task as failed before its traceback is shown."
