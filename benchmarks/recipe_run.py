@@ -129,7 +129,9 @@ def summary_lines(r: dict) -> list[str]:
             lines.append(f"  phase {ph}: {len(secs)} epochs, {tm.get(f'phase{ph}_seconds')} s, "
                          f"{tm.get(f'phase{ph}_images_per_s')} train img/s (median epoch), "
                          f"{float(np.median(secs)):.2f} s per epoch (median)")
-    extra = {"features_seconds": "phase-1 features computed once", "cache_seconds": "frozen trunk cached once"}
+    extra = {"features_seconds": "phase-1 features computed once",
+             "cache_seconds": "frozen trunk loaded (train.trunk_cache)" if tm.get("cache_loaded") else
+             "frozen trunk cached once"}
     lines += [f"  {what}: {tm[k]} s" for k, what in extra.items() if tm.get(k)]
     b = r["best"]
     lines.append(f"  best epoch: phase {b['phase']} epoch {b['epoch']}, val {b['metric']} {b['value']:.4f}; "

@@ -193,6 +193,7 @@ class TrainParams:
     augment: AugmentParams = field(default_factory=AugmentParams)
     out: Str = "artifacts/model"
     checkpoints: Str = "artifacts/checkpoints"
+    trunk_cache: Str = ""
 
 # %% ../nbs/00_config.ipynb #c1e16654
 @dataclass(config=_STRICT)

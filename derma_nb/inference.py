@@ -5,8 +5,11 @@
 # %% ../nbs/12_inference.ipynb #2e6daff3
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +20,8 @@ from .config import CLASSES, log
 from .model import Classifier, split_frozen
 
 # %% auto #0
-__all__ = ['amp_dtype', 'forward_rows', 'predict_logits', 'predict_probs', 'FrozenCache', 'frozen_cache', 'over_views']
+__all__ = ['amp_dtype', 'forward_rows', 'predict_logits', 'predict_probs', 'FrozenCache', 'frozen_cache', 'trunk_key',
+           'stored_frozen_cache', 'over_views']
 
 # %% ../nbs/12_inference.ipynb #bf09cdaf
 def amp_dtype(device: torch.device, amp: str):
@@ -66,6 +70,8 @@ class FrozenCache:
     train: torch.Tensor
     val: torch.Tensor
     seconds: float = 0.0
+    loaded: bool = False  # read from `train.trunk_cache` (then `seconds` is the load time)
+    computed_seconds: float | None = None  # the run that stored it: how long the trunk took
 
 
 def frozen_cache(model: Classifier, images: np.ndarray, train_rows, val_rows, unfreeze: int, views: int,
@@ -85,6 +91,59 @@ def frozen_cache(model: Classifier, images: np.ndarray, train_rows, val_rows, un
     log.info("frozen trunk run once: %d views of %d + %d images in %.1f s (%s per image, %.2f GB)", views,
              len(train_rows), len(val_rows), secs, tuple(acts[0].shape[2:]), sum(a.numel() * 2 for a in acts) / 1e9)
     return FrozenCache(unfreeze, views, acts[0], acts[1], secs)
+
+# %% ../nbs/12_inference.ipynb #9c120053
+def trunk_key(model: Classifier, images: np.ndarray, train_rows, val_rows, unfreeze: int, views: int,
+              batch_size: int = 128, device="cpu", amp: str = "auto", channels_last: bool = False) -> str:
+    "SHA-256 of everything `frozen_cache`'s output depends on (the trained top and the head are not part of it)."
+    trunk, _ = split_frozen(model, unfreeze)
+    h = hashlib.sha256(repr(trunk).encode())
+    for t in (model.mean, model.std, *trunk.state_dict().values()):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for rows in (train_rows, val_rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        h.update(rows.tobytes())
+        for s in range(0, len(rows), 512):
+            h.update(np.ascontiguousarray(images[rows[s:s + 512]]).tobytes())
+    dev = torch.device(device)
+    h.update(repr((unfreeze, views, batch_size, dev.type, str(amp_dtype(dev, amp)), channels_last,
+                   torch.get_num_threads(), torch.__version__)).encode())
+    return h.hexdigest()
+
+
+def stored_frozen_cache(folder: str | Path | None, model: Classifier, images: np.ndarray, train_rows, val_rows,
+                        unfreeze: int, views: int, batch_size: int = 128, device="cpu", amp: str = "auto",
+                        channels_last: bool = False) -> FrozenCache:
+    "`frozen_cache`, kept in `folder` under `trunk_key`: loaded when an earlier run stored it, else run and stored."
+    args = (model, images, train_rows, val_rows, unfreeze, views, batch_size, device, amp, channels_last)
+    if not folder:
+        return frozen_cache(*args)
+    t0 = time.perf_counter()
+    key = trunk_key(*args)
+    f = Path(folder) / f"trunk-{key[:24]}.pt"
+    if f.exists():
+        try:
+            d = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: run the trunk again, never use it
+            log.warning("%s: not a readable trunk cache (%s: %s); running the trunk again", f, type(e).__name__, e)
+            d = {}
+        if d.get("key") == key:
+            secs = time.perf_counter() - t0
+            log.info("frozen trunk loaded from %s in %.1f s (an earlier run computed it in %.1f s)", f, secs,
+                     d["seconds"])
+            return FrozenCache(unfreeze, views, d["train"], d["val"], secs, loaded=True, computed_seconds=d["seconds"])
+        if d:
+            log.warning("%s: holds another trunk (key %s…, expected %s…); running the trunk again", f,
+                        str(d.get("key"))[:12], key[:12])
+    c = frozen_cache(*args)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    part = f.with_name(f"{f.name}.{os.getpid()}.tmp")  # written whole, then renamed: a killed run leaves no half file
+    torch.save({"key": key, "train": c.train, "val": c.val, "seconds": c.seconds}, part)
+    part.replace(f)
+    held = sorted(Path(folder).glob("trunk-*.pt"))
+    log.info("frozen trunk stored in %s for the next run with the same trunk (%s holds %d file(s), %.2f GB)", f,
+             folder, len(held), sum(p.stat().st_size for p in held) / 1e9)
+    return c
 
 # %% ../nbs/12_inference.ipynb #0dbee6ce
 @torch.no_grad()

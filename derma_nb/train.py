@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared
 from .config import CLASSES, Params, PhaseParams, TrainParams, log
-from .inference import FrozenCache, amp_dtype, forward_rows, frozen_cache, over_views
+from .inference import FrozenCache, amp_dtype, forward_rows, over_views, stored_frozen_cache
 from .runtime import write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
 from .metrics import label_metrics
@@ -368,9 +368,9 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     state, ck = _resume(fit, resume)
     p2 = cfg.phase2
     if p2.cache_views and p2.epochs and not state.complete:  # the frozen trunk, run once for both phases
-        fit.cache = frozen_cache(model, prep.images, fit.tr, fit.va, p2.unfreeze, p2.cache_views, cfg.eval_batch_size,
-                                 device, cfg.amp, cl)
-        state.timings["cache_seconds"] = round(fit.cache.seconds, 3)
+        fit.cache = stored_frozen_cache(cfg.trunk_cache, model, prep.images, fit.tr, fit.va, p2.unfreeze,
+                                        p2.cache_views, cfg.eval_batch_size, device, cfg.amp, cl)
+        state.timings.update(cache_seconds=round(fit.cache.seconds, 3), cache_loaded=fit.cache.loaded)
     for pi in (0, 1):
         if pi < state.phase or (cfg.phase1, cfg.phase2)[pi].epochs == 0 or state.complete:
             continue
