@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -97,9 +98,11 @@ def trunk_key(model: Classifier, images: np.ndarray, train_rows, val_rows, unfre
               batch_size: int = 128, device="cpu", amp: str = "auto", channels_last: bool = False) -> str:
     "SHA-256 of everything `frozen_cache`'s output depends on (the trained top and the head are not part of it)."
     trunk, _ = split_frozen(model, unfreeze)
-    h = hashlib.sha256(repr(trunk).encode())
+    code = (frozen_cache, forward_rows, cache_loader, unit_batch, dihedral)  # how the activations are computed
+    h = hashlib.sha256((repr(trunk) + "".join(inspect.getsource(fn) for fn in code)).encode())
     for t in (model.mean, model.std, *trunk.state_dict().values()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr((images.shape, str(images.dtype))).encode())
     for rows in (train_rows, val_rows):
         rows = np.asarray(rows, dtype=np.int64)
         h.update(rows.tobytes())
@@ -124,6 +127,8 @@ def stored_frozen_cache(folder: str | Path | None, model: Classifier, images: np
     if f.exists():
         try:
             d = torch.load(f, map_location="cpu", weights_only=True)
+            if not isinstance(d, dict):
+                raise TypeError(f"holds a {type(d).__name__}, not a dict")
         except Exception as e:  # a truncated or foreign file: run the trunk again, never use it
             log.warning("%s: not a readable trunk cache (%s: %s); running the trunk again", f, type(e).__name__, e)
             d = {}
