@@ -55,7 +55,8 @@ def model_section(f: dict) -> str:
             f"({p.train.phase2.epochs} epochs, lr {p.train.phase2.lr:g}); the epoch with the best validation "
             f"{best.get('metric', p.train.select_metric)} kept (phase {best.get('phase', '–')}, epoch "
             f"{best.get('epoch', '–')}). Seed {p.seed}.\n- **Stored with the model** (fitted on validation): "
-            f"{d.get('views', '–')} test-time view(s), temperature {_fmt(d.get('temperature'), 3)}, the melanoma "
+            f"{d.get('views', '–')} test-time view(s), temperature {_fmt(d.get('temperature'), 3)}, "
+            f"{'a prior correction τ = ' + format(d['tau'], 'g') + ' (the predicted class favours the rare classes), ' if d.get('tau') else ''}the melanoma "
             f"threshold and the conformal threshold below. `derma-nb predict` and the ONNX sidecar apply the same.\n"
             f"- **Run**: `{f['run_id']}` (hash of params.yaml and the dataset); the code is the git commit whose "
             f"`dvc.lock` records this run. No date: two identical runs write this card byte for byte the same.\n")

@@ -223,6 +223,8 @@ class DecideParams:
     mel_sensitivity: Float = Field(0.85, gt=0.0, le=1.0)
     conformal_alpha: Float = Field(0.1, gt=0.0, lt=1.0)
     conformal_classwise: Bool = False
+    prior_tau: Annotated[float, Strict(), BeforeValidator(_as_float), Field(ge=0.0, le=3.0)] | Literal["fit"] = 0.0
+    prior_max_f1_drop: Float = Field(0.02, ge=0.0, le=1.0)
 
 
 @dataclass(config=_STRICT)

@@ -109,7 +109,7 @@ def overlay(image, cam, alpha: float = 0.4) -> np.ndarray:
     return show_cam_on_image(img, c.clamp(0, 1).numpy(), use_rgb=True, image_weight=1.0 - alpha)
 
 # %% ../nbs/15_explain.ipynb #003ae60f
-def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1) -> pd.DataFrame:
+def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1, pred=None) -> pd.DataFrame:
     "Per true class, melanoma first: the most confident correct and the most confident wrong predictions."
     classes = list(classes)
     y_prob = np.asarray(y_prob, dtype=np.float64)
@@ -123,7 +123,7 @@ def pick_examples(y_true, y_prob, rows=None, classes=CLASSES, per_class: int = 1
     if y_prob.ndim != 2 or y_prob.shape[1] != len(classes) or not len(y_true) == len(y_prob) == len(rows):
         raise ValueError(f"expected y_true (N,), y_prob (N,{len(classes)}), rows (N,); got {y_true.shape}, "
                          f"{y_prob.shape}, {rows.shape}")
-    pred = y_prob.argmax(1)
+    pred = y_prob.argmax(1) if pred is None else np.asarray(pred)  # given: the decision's classes (prior-corrected)
     conf = y_prob[np.arange(len(pred)), pred]
     order = (["mel"] if "mel" in classes else []) + [c for c in classes if c != "mel"]
     out, missing = [], []

@@ -242,7 +242,7 @@ class Predictor:
         probs = [self.predict_arrays(np.stack([self.load_image(p) for p in paths[s:s + self.batch_size]]))
                  for s in range(0, len(paths), self.batch_size)]
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
-        pred = probs.argmax(1)
+        pred = self.decision.predict(probs) if self.decision else probs.argmax(1)  # prior-corrected when τ > 0
         df = pd.DataFrame({"path": paths, "pred": [self.classes[k] for k in pred],
                            "confidence": probs[np.arange(len(pred)), pred]})
         for k, c in enumerate(self.classes):
@@ -285,6 +285,8 @@ def model_line(pred: Predictor) -> str:
     parts = [f"model {pred.path}: {m.get('arch', '?')}, {pred.image_size} px, {pred.views} test-time view(s)"]
     if d is not None:
         parts.append(f"calibrated (T = {d.temperature:.2f})")
+        if d.tau:
+            parts.append(f"predicted class prior-corrected towards rare classes (tau = {d.tau:g}, chosen on validation)")
         if d.mel.get("threshold") is not None:
             parts.append(f"melanoma flagged at P(mel) >= {100 * d.mel['threshold']:.1f}% (sensitivity "
                          f"{d.mel['sensitivity']:.2f} on validation)")
@@ -326,7 +328,7 @@ def predict_main(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "tabl
     if pred.synthetic:
         log.warning("%s", SYNTHETIC_WARNING)
     flat = [{"file": r["file"], "top_class": r["top_class"], "top_probability": r["top_probability"],
-             "prediction_set": r["prediction_set"], "melanoma_suspected": r["melanoma_suspected"],
+             "most_probable_class": r["most_probable_class"], "prediction_set": r["prediction_set"], "melanoma_suspected": r["melanoma_suspected"],
              "synthetic_model": bool(pred.synthetic), **{f"prob_{c}": v for c, v in r["probabilities"].items()}}
             for r in rows]
     if fmt == "json":

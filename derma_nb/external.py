@@ -57,16 +57,17 @@ def external_results(prep, probs: np.ndarray, pred: Predictor, n_boot: int = 100
     "Metrics with lesion-bootstrap CIs, calibration, the stored decisions and subgroups on every image of `prep`."
     t = prep.table.loc[prep.rows("test")]
     y, groups, d = t.label.to_numpy(), t.group.to_numpy(), pred.decision
-    m = classification_metrics(y, probs)
+    y_pred = d.predict(probs) if d is not None else probs.argmax(1)  # the stored decision's classes
+    m = classification_metrics(y, probs, y_pred=y_pred)
     onehot = np.eye(len(CLASSES))[y]
     res = {"n": len(y), "lesions": int(t.lesion_id.nunique()), "absent_classes": [c for k, c in enumerate(CLASSES)
                                                                                  if not (y == k).any()],
-           **{k: m[k] for k in HEADLINE}, "ci": bootstrap_ci(y, probs, groups, n_boot=n_boot, seed=seed),
+           **{k: m[k] for k in HEADLINE}, "ci": bootstrap_ci(y, probs, groups, n_boot=n_boot, seed=seed, y_pred=y_pred),
            "recall": {c: m["per_class"][c]["recall"] for c in CLASSES},
            "calibration": {"negative log-likelihood": nll(probs, y), "expected calibration error":
                            expected_calibration_error(y, probs)[0],
                            "Brier score": float(((probs - onehot) ** 2).sum(1).mean())},
-           "subgroups": json.loads(subgroup_table(t, y, probs, groups, n_boot, seed, min_subgroup).to_json(
+           "subgroups": json.loads(subgroup_table(t, y, probs, groups, n_boot, seed, min_subgroup, y_pred=y_pred).to_json(
                orient="records"))}
     if d is not None:
         res["mel_operating_point"] = mel_flag_results(probs, y, groups, d, n_boot, seed)
@@ -139,6 +140,7 @@ def evaluate_external(data_dir: str | Path, model_path: str | Path = RELEASE_MOD
         "href='index.html'", "href='../index.html'"), encoding="utf-8")
     write_json(out / f"{name}.json", {**info, **res})
     t = prep.table.loc[prep.rows("test"), ["image_id", "lesion_id", "dx"]].assign(
-        pred=[CLASSES[k] for k in probs.argmax(1)], **{f"prob_{c}": probs[:, k] for k, c in enumerate(CLASSES)})
+        pred=[CLASSES[k] for k in (pred.decision.predict(probs) if pred.decision else probs.argmax(1))],
+        **{f"prob_{c}": probs[:, k] for k, c in enumerate(CLASSES)})
     t.to_csv(Path(cache_root) / name / "predictions.csv", index=False)
     return out / f"{name}.html"

@@ -52,6 +52,18 @@ def _check(y_true, y_prob, classes) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"labels must lie in 0..{len(classes) - 1}, got {y_true.min()}..{y_true.max()}")
     return y_true, y_prob
 
+
+def _pred(y_prob: np.ndarray, y_pred=None) -> np.ndarray:
+    "The predicted classes: `y_pred` when given (e.g. a decision's prior-corrected ones), else the argmax."
+    if y_pred is None:
+        return y_prob.argmax(1)
+    y_pred = np.asarray(y_pred).ravel()
+    if y_pred.shape != (len(y_prob),) or not np.issubdtype(y_pred.dtype, np.integer) or \
+            (len(y_pred) and not (0 <= y_pred.min() and y_pred.max() < y_prob.shape[1])):
+        raise ValueError(f"y_pred must hold {len(y_prob)} integer labels 0..{y_prob.shape[1] - 1}, got "
+                         f"{y_pred.dtype} of shape {y_pred.shape}")
+    return y_pred
+
 # %% ../nbs/08_metrics.ipynb #f2bfbf2a
 def label_metrics(y_true, y_prob) -> dict:
     "Accuracy, balanced accuracy, weighted and macro F1 of argmax predictions (scikit-learn)."
@@ -95,12 +107,12 @@ def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> tuple[float,
     return ece, curve
 
 # %% ../nbs/08_metrics.ipynb #30300438
-def classification_metrics(y_true, y_prob, classes=CLASSES, mel_specificity: float = 0.8) -> dict:
-    "All evaluation metrics from integer labels and an (N, K) probability matrix, as plain JSON-ready Python."
+def classification_metrics(y_true, y_prob, classes=CLASSES, mel_specificity: float = 0.8, y_pred=None) -> dict:
+    "All metrics from integer labels and (N, K) probabilities (predictions: `y_pred`, else the argmax), JSON-ready."
     classes = list(classes)
     y_true, y_prob = _check(y_true, y_prob, classes)
     K, labels = len(classes), list(range(len(classes)))
-    y_pred = y_prob.argmax(1)
+    y_pred = _pred(y_prob, y_pred)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=np.nan)
     aucs = []
     for k in labels:
@@ -242,7 +254,7 @@ def _honest_intervals(out: dict, y: np.ndarray, pred: np.ndarray, mel: int | Non
 
 
 def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
-                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, classes=CLASSES) -> dict:
+                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, classes=CLASSES, y_pred=None) -> dict:
     "Percentile CIs from resampling lesions (`groups`; None = each image alone), seeded; Wilson for proportions."
     classes = list(classes)
     y, prob = _check(y_true, y_prob, classes)
@@ -250,7 +262,7 @@ def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
     if unknown:
         raise ValueError(f"unknown bootstrap metric(s) {unknown}; allowed: {list(BOOT_METRICS)}")
     names = tuple(metrics)
-    pred = prob.argmax(1)
+    pred = _pred(prob, y_pred)
     mel = classes.index("mel") if "mel" in classes else None
     codes = np.arange(len(y)) if groups is None else pd.factorize(np.asarray(groups))[0]
     if len(codes) != len(y):
@@ -345,7 +357,7 @@ def _subgroups(meta: pd.DataFrame):
 
 # %% ../nbs/08_metrics.ipynb #aaa52a28
 def subgroup_table(meta: pd.DataFrame, y_true, y_prob, groups, n_boot: int = 1000, seed: int = 0,
-                   min_images: int = 30, min_melanomas: int = 5) -> pd.DataFrame:
+                   min_images: int = 30, min_melanomas: int = 5, y_pred=None) -> pd.DataFrame:
     "Per subgroup (sex, age band, site): counts, balanced accuracy and melanoma recall with lesion-bootstrap CIs."
     y, p, g = np.asarray(y_true), np.asarray(y_prob), np.asarray(groups)
     mel, rows = CLASSES.index("mel"), []
@@ -355,7 +367,8 @@ def subgroup_table(meta: pd.DataFrame, y_true, y_prob, groups, n_boot: int = 100
         if row["images"] < min_images:
             rows.append({**row, "note": f"too few images to say (< {min_images})"})
             continue
-        ci = bootstrap_ci(y[sel], p[sel], g[sel], metrics=("balanced_accuracy", "mel_recall"), n_boot=n_boot, seed=seed)
+        ci = bootstrap_ci(y[sel], p[sel], g[sel], metrics=("balanced_accuracy", "mel_recall"), n_boot=n_boot, seed=seed,
+                          y_pred=None if y_pred is None else np.asarray(y_pred)[sel])
         for k in ("balanced_accuracy", "mel_recall"):
             row.update({k: ci[k]["value"], f"{k}_low": ci[k]["low"], f"{k}_high": ci[k]["high"]})
         if ci["balanced_accuracy"].get("note"):

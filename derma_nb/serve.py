@@ -242,7 +242,7 @@ document.getElementById("f").addEventListener("submit", async ev => {
   if (!r.ok) { status.textContent = "error " + r.status + ": " + j.error; status.className = "error";
                document.getElementById("result").style.display = "none"; return; }
   status.textContent = "done in " + j.ms.toFixed(0) + " ms";
-  document.getElementById("top").textContent = "Most likely: " + j.top_class + " (" + (names[j.top_class] || "") + "), " + pct(j.top_probability);
+  document.getElementById("top").textContent = (j.top_class === j.most_probable_class ? "Most likely: " : "Predicted: ") + j.top_class + " (" + (names[j.top_class] || "") + "), " + pct(j.top_probability) + (j.top_class === j.most_probable_class ? "" : " (most probable: " + j.most_probable_class + ", " + pct(j.probabilities[j.most_probable_class]) + "; the prediction favours the rarer class in close calls, as chosen on validation)");
   document.getElementById("set").textContent = j.prediction_set ? "Prediction set (built on validation to contain the true class " + Math.round(100 * j.prediction_set_coverage) + "% of the time): " + j.prediction_set.join(", ") : "";
   const mel = document.getElementById("mel");
   mel.textContent = j.melanoma_suspected === null ? "" : (j.melanoma_suspected ? "Melanoma suspected: P(mel) " + pct(j.probabilities.mel) + " is above the operating threshold" : "Melanoma not flagged (P(mel) " + pct(j.probabilities.mel) + ")");

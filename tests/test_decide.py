@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from derma_nb.config import CLASSES
-from derma_nb.decide import (Decision, calibrated_probs, conformal_quantile, decide, describe, fit_temperature,
-                             mel_threshold, nll, prediction_sets)
+from derma_nb.decide import (Decision, calibrated_probs, class_prior, conformal_quantile, decide, describe,
+                             fit_prior_tau, fit_temperature, mel_threshold, nll, prediction_sets, prior_corrected)
+from derma_nb.metrics import label_metrics
 
 K, MEL = len(CLASSES), CLASSES.index("mel")
 
@@ -83,3 +84,46 @@ def test_decide_stores_a_round_trippable_record_and_describe_uses_it():
     assert row["melanoma_suspected"] == (d.probs(logits[:1])[0, MEL] >= d.mel["threshold"])
     no_cal = decide(logits[None], y, calibrate=False)
     assert no_cal.temperature == 1.0
+
+
+HAM_SHARES = np.array([0.033, 0.051, 0.11, 0.011, 0.111, 0.67, 0.014])
+
+
+def test_prior_correction_fitted_on_validation_raises_held_out_balanced_accuracy():
+    "On a HAM10000-skewed population with calibrated probabilities, the fitted tau helps on data it never saw."
+    for seed in range(5):
+        y, logits = draw(6000, seed, scale=1.0, shift=1.5, weights=HAM_SHARES / HAM_SHARES.sum())
+        p = calibrated_probs(logits + np.log(HAM_SHARES))  # the exact posterior of this population
+        prior = class_prior(y[:3000])
+        fit = fit_prior_tau(p[:3000], y[:3000], prior)
+        bal = lambda t: label_metrics(y[3000:], np.eye(K)[prior_corrected(p[3000:], prior, t)])["balanced_accuracy"]
+        assert fit["tau"] > 0 and bal(fit["tau"]) > bal(0.0) + 0.02, (seed, fit["tau"])
+
+
+def test_the_macro_f1_floor_binds_and_a_balanced_population_keeps_tau_near_zero():
+    y, logits = draw(3000, 0, scale=1.0, shift=1.5)  # classes equally frequent
+    p = calibrated_probs(logits)
+    skewed = list(HAM_SHARES / HAM_SHARES.sum())  # a wrong prior: correcting for it only hurts
+    fit = fit_prior_tau(p, y, skewed, max_f1_drop=0.0)
+    base = fit["grid"][0]["macro_f1"]
+    assert all(r["macro_f1"] >= base - 1e-12 for r in fit["grid"] if r["tau"] == fit["tau"])
+    assert fit["tau"] <= 0.2
+    strict = fit_prior_tau(p, y, skewed, max_f1_drop=0.0)
+    loose = fit_prior_tau(p, y, skewed, max_f1_drop=1.0)  # no floor: the best balanced accuracy anywhere
+    assert loose["grid"][int(round(loose["tau"] * 10))]["balanced_accuracy"] >= \
+        strict["grid"][int(round(strict["tau"] * 10))]["balanced_accuracy"]
+
+
+def test_decide_with_tau_stores_prior_and_predict_and_sets_follow_it():
+    y, logits = draw(4000, 3, scale=2.0, shift=1.5, weights=HAM_SHARES / HAM_SHARES.sum())
+    logits = logits + 2.0 * np.log(HAM_SHARES)  # twice the population's posterior logits: overconfident, skewed
+    prior = class_prior(y[:2000])
+    d = decide(logits[None, :2000], y[:2000], prior=prior, tau="fit")
+    assert d.prior == prior and d.prior_fit["tau"] == d.tau > 0
+    p = d.probs(logits[2000:])
+    np.testing.assert_array_equal(d.predict(p), prior_corrected(p, prior, d.tau))
+    assert d.sets(p)[np.arange(len(p)), d.predict(p)].all()  # every set holds its predicted class
+    fixed = decide(logits[None, :2000], y[:2000], prior=prior, tau=0.5)
+    assert fixed.tau == 0.5 and fixed.prior_fit == {}
+    off = decide(logits[None, :2000], y[:2000], prior=prior)
+    assert off.tau == 0.0 and off.prior == [] and (off.predict(p) == p.argmax(1)).all()

@@ -202,3 +202,33 @@ def test_predict_applies_the_stored_decisions(sample, tmp_path):
     assert json.loads(predict_main(files, real, "json"))["synthetic_model"] is False
     onnx = export_checkpoint(ckpt, tmp_path / "r.onnx")  # the decisions travel in the sidecar
     np.testing.assert_allclose(Predictor(onnx).predict_files(files)[PROBS].to_numpy(), want, atol=1e-4)
+
+
+def test_a_stored_prior_correction_decides_the_class_in_pt_onnx_predict_and_json(sample, tmp_path):
+    "tau > 0 stored by the decide stage moves the predicted class (not the probabilities) everywhere it is read."
+    from dataclasses import asdict
+
+    from derma_nb.decide import Decision, prior_corrected
+
+    tmp, data, prep = sample
+    files = sorted((data / "images").glob("*.jpg"))[:12]
+    m = small_model()
+    base = Predictor(save_model(tmp_path / "b.pt", m, image_size=32, decision=asdict(Decision())))
+    probs = base.predict_files(files)[PROBS].to_numpy()
+    top = probs.argmax(1)
+    prior = [0.5 if k == top[0] else 0.5 / 6 for k in range(7)]  # the first image's top class made common
+    tau = 3.0  # strong enough to move the images whose top class is the common one
+    moved = prior_corrected(probs, prior, tau)
+    assert (moved != top).any(), "the example needs an image whose class the correction changes"
+    d = Decision(conformal={"alpha": 0.1, "classwise": False, "qhat": 0.5, "n": 50}, tau=tau, prior=prior)
+    ckpt = save_model(tmp_path / "pc.pt", m, image_size=32, decision=asdict(d), data={"synthetic": False})
+    onnx = export_checkpoint(ckpt, tmp_path / "pc.onnx")
+    for path in (ckpt, onnx):
+        df = Predictor(path).predict_files(files)
+        np.testing.assert_allclose(df[PROBS].to_numpy(), probs, atol=1e-4)  # probabilities untouched
+        assert df.pred.tolist() == [CLASSES[k] for k in moved]
+        js = json.loads(predict_main(files, path, "json"))["images"]
+        assert [r["top_class"] for r in js] == [CLASSES[k] for k in moved]
+        assert [r["most_probable_class"] for r in js] == [CLASSES[k] for k in top]
+        assert all(r["top_class"] in r["prediction_set"] for r in js)
+        assert "tau = 3" in predict_main(files, path)

@@ -164,6 +164,30 @@ def test_decisions_come_from_validation_and_are_reported_on_test(run):
     assert all(s["note"] or s["balanced_accuracy"] is not None for s in test["subgroups"])
 
 
+def test_prior_correction_is_chosen_on_validation_and_applied_to_the_test_predictions(run):
+    import numpy as np
+    import pandas as pd
+
+    from derma_nb.config import CLASSES
+    from derma_nb.decide import prior_corrected
+
+    repo = run[0]
+    pc = json.loads((repo / "metrics/decide.json").read_text())["prior_correction"]
+    assert pc["asked"] == "fit" and [r["tau"] for r in pc["grid"]][:2] == [0.0, 0.1]
+    allowed = [r for r in pc["grid"] if r["macro_f1"] >= pc["macro_f1_floor"] - 1e-12]
+    chosen = next(r for r in pc["grid"] if r["tau"] == pc["tau"])
+    assert chosen in allowed and chosen["balanced_accuracy"] == max(r["balanced_accuracy"] for r in allowed)
+    assert abs(pc["macro_f1_floor"] - (pc["grid"][0]["macro_f1"] - pc["max_f1_drop"])) < 1e-12
+    assert len(pc["prior"]) == len(CLASSES) and abs(sum(pc["prior"]) - 1) < 1e-9
+    pred = pd.read_csv(repo / "artifacts/predictions/test.csv")
+    probs = pred[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    expect = prior_corrected(probs, pc["prior"], pc["tau"])
+    assert pred["pred"].tolist() == [CLASSES[k] for k in expect], "test predictions do not follow the stored tau"
+    test = json.loads((repo / "metrics/test.json").read_text())
+    assert abs(test["mel_recall"] - float(np.mean(expect[pred.label == 4] == 4))) < 1e-12
+    assert len(test["prior_correction"]) == 2
+
+
 def test_model_card_quotes_the_run(run):
     from bs4 import BeautifulSoup
 
