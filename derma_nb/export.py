@@ -302,14 +302,19 @@ def predict_table(pred: Predictor, rows: list[dict]) -> str:
     cover = f"{100 * (1 - pred.decision.conformal['alpha']):.0f}% set" if pred.decision and pred.decision.conformal \
         else "set"
     lines = [NOTICE] + ([SYNTHETIC_WARNING] if pred.synthetic else []) + [model_line(pred), ""]
-    tops = [f"{r['top_class']:<5} {CLASS_NAMES.get(r['top_class'], '')}".rstrip() for r in rows]
+    moved = [r["top_class"] != r.get("most_probable_class", r["top_class"]) for r in rows]
+    tops = [f"{r['top_class']:<5} {CLASS_NAMES.get(r['top_class'], '')}{' *' if m else ''}".rstrip()
+            for r, m in zip(rows, moved)]
     sets = [", ".join(r["prediction_set"]) if r["prediction_set"] is not None else "–" for r in rows]
     w, tw, sw = (max([len(h)] + [len(v) for v in col]) for h, col in
-                 (("image", [Path(r["file"]).name for r in rows]), ("top class", tops), (cover, sets)))
-    lines.append(f"{'image':<{w}}  {'top class':<{tw}}  {'prob':>4}  {cover:<{sw}}  melanoma")
+                 (("image", [Path(r["file"]).name for r in rows]), ("predicted class", tops), (cover, sets)))
+    lines.append(f"{'image':<{w}}  {'predicted class':<{tw}}  {'prob':>4}  {cover:<{sw}}  melanoma")
     for r, top, pset in zip(rows, tops, sets):
         flag = {True: "SUSPECTED", False: "-", None: "n/a"}[r["melanoma_suspected"]]
         lines.append(f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {100 * r['top_probability']:>3.0f}%  {pset:<{sw}}  {flag}")
+    if any(moved):
+        lines += ["", f"* not the most probable class: the prior correction (tau = {pred.decision.tau:g}, chosen on validation) "
+                      "gave the rarer class the close call; --format json also gives most_probable_class"]
     return "\n".join(lines)
 
 # %% ../nbs/16_export.ipynb #798f1aeb
@@ -351,9 +356,9 @@ def predict_parity(run_dir: str | Path = ".", model: str | Path | None = None) -
     got = predictor.predict_files([r.path for r in refs])
     cols = [f"prob_{c}" for c in CLASSES]
     diff = float(np.abs(got[cols].to_numpy() - pred[cols].to_numpy()).max())
-    m = classification_metrics(pred.label.to_numpy(), got[cols].to_numpy())
+    # predict's classes (the stored decision's: prior-corrected when τ > 0) against the evaluate stage's
+    m = classification_metrics(pred.label.to_numpy(), got[cols].to_numpy(), y_pred=got.pred.map(CLASSES.index).to_numpy())
     test = json.loads((run / "metrics/test.json").read_text())
     same = {k: (m[k], test.get(k)) for k in HEADLINE}
-    return {"images": len(refs), "max_abs_prob_diff": diff,
-            "same_predictions": bool((got[cols].to_numpy().argmax(1) == pred[cols].to_numpy().argmax(1)).all()),
+    return {"images": len(refs), "max_abs_prob_diff": diff, "same_predictions": bool((got.pred == pred.pred).all()),
             "metrics": same, "metrics_equal": all(abs(a - b) < 1e-9 for a, b in same.values() if b is not None)}

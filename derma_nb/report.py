@@ -197,8 +197,12 @@ def results_table(run_dir: str | Path = ".") -> dict:
     best = train.get("best", {})
     balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
                                          ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
+    prior = (_load_json(run / "metrics/decide.json") or {}).get("prior_correction") or {}
+    tau = (f", the predicted class prior-corrected with τ = {prior['tau']:g} chosen on validation (macro F1 within "
+           f"{prior['max_f1_drop']:g} of τ = 0's)" if prior.get("tau") and "max_f1_drop" in prior
+           else f", prior correction τ = {prior['tau']:g}" if prior.get("tau") else "")
     recipe = (f"{model_name}: {ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, "
-              f"label smoothing {p.train.label_smoothing:g}, test-time views {p.decide.views}); best: phase "
+              f"label smoothing {p.train.label_smoothing:g}, test-time views {p.decide.views}{tau}); best: phase "
               f"{best.get('phase')}, epoch {best.get('epoch')} by val "
               f"{best.get('metric')}; trained on {train.get('device')}")
     notes = [f"- **This run**: {data_note}. {recipe}. Random forest: {base.get('features')}, fit "

@@ -221,7 +221,7 @@ table{border-collapse:collapse} td,th{padding:.2rem .5rem;text-align:left} td.nu
 <form id="f"><label>Dermoscopic image (JPEG or PNG): <input type="file" id="file" name="file" accept="image/*" required></label>
 <label><input type="checkbox" id="cam" checked> Grad-CAM overlay</label> <button type="submit">Classify</button></form>
 <p id="status" role="status"></p>
-<div id="result"><h2 id="top"></h2><p id="set"></p><p id="mel"></p>
+<div id="result"><h2 id="top"></h2><p id="prior" class="model"></p><p id="set"></p><p id="mel"></p>
 <div class="row"><table id="probs"><thead><tr><th>class</th><th>probability</th><th></th></tr></thead><tbody></tbody></table>
 <div class="row"><figure><img class="view" id="orig" alt="the uploaded image"><figcaption>the uploaded image</figcaption></figure>
 <figure><img class="view" id="overlay" alt="Grad-CAM overlay of the top class"><figcaption id="camcap"></figcaption></figure>
@@ -242,7 +242,9 @@ document.getElementById("f").addEventListener("submit", async ev => {
   if (!r.ok) { status.textContent = "error " + r.status + ": " + j.error; status.className = "error";
                document.getElementById("result").style.display = "none"; return; }
   status.textContent = "done in " + j.ms.toFixed(0) + " ms";
-  document.getElementById("top").textContent = (j.top_class === j.most_probable_class ? "Most likely: " : "Predicted: ") + j.top_class + " (" + (names[j.top_class] || "") + "), " + pct(j.top_probability) + (j.top_class === j.most_probable_class ? "" : " (most probable: " + j.most_probable_class + ", " + pct(j.probabilities[j.most_probable_class]) + "; the prediction favours the rarer class in close calls, as chosen on validation)");
+  const moved = j.top_class !== j.most_probable_class;  // a stored prior correction gave a rarer class the close call
+  document.getElementById("top").textContent = (moved ? "Predicted: " : "Most likely: ") + j.top_class + " (" + (names[j.top_class] || "") + "), " + pct(j.top_probability);
+  document.getElementById("prior").textContent = moved ? "Most probable: " + j.most_probable_class + " (" + (names[j.most_probable_class] || "") + "), " + pct(j.probabilities[j.most_probable_class]) + ". The model's prior correction, chosen on validation, gives the rarer class the close call." : "";
   document.getElementById("set").textContent = j.prediction_set ? "Prediction set (built on validation to contain the true class " + Math.round(100 * j.prediction_set_coverage) + "% of the time): " + j.prediction_set.join(", ") : "";
   const mel = document.getElementById("mel");
   mel.textContent = j.melanoma_suspected === null ? "" : (j.melanoma_suspected ? "Melanoma suspected: P(mel) " + pct(j.probabilities.mel) + " is above the operating threshold" : "Melanoma not flagged (P(mel) " + pct(j.probabilities.mel) + ")");

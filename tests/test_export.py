@@ -231,4 +231,6 @@ def test_a_stored_prior_correction_decides_the_class_in_pt_onnx_predict_and_json
         assert [r["top_class"] for r in js] == [CLASSES[k] for k in moved]
         assert [r["most_probable_class"] for r in js] == [CLASSES[k] for k in top]
         assert all(r["top_class"] in r["prediction_set"] for r in js)
-        assert "tau = 3" in predict_main(files, path)
+        table = predict_main(files, path)
+        assert "tau = 3" in table and "predicted class" in table
+        assert table.count(" *  ") == int((moved != top).sum()) and "* not the most probable class" in table

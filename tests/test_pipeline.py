@@ -203,6 +203,8 @@ def test_model_card_quotes_the_run(run):
     assert f"{ci['value']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" in md
     metrics = md.split("## Metrics", 1)[1].split("##", 1)[0]
     assert "| Macro F1 | –" not in metrics and "nan" not in md.lower()
+    tau = json.loads((repo / "metrics/decide.json").read_text())["prior_correction"]["tau"]
+    assert (f"a prior correction τ = {tau:g}" in md) == (tau > 0)
     html = BeautifulSoup((repo / "reports/model_card.html").read_text(encoding="utf-8"), "html.parser")
     assert html.find("a", href="index.html") and len(html.find_all("table")) >= 5
 
