@@ -1,5 +1,7 @@
-"""How far a validation-fitted prior correction moves a finished run's balanced accuracy and macro F1 (an analysis,
-not part of the pipeline).
+"""How far a validation-fitted prior correction moves a finished run's balanced accuracy and macro F1, under three
+rules for choosing τ on validation: best balanced accuracy, best macro F1, and the pipeline's own (`decide.prior_tau:
+fit`: best balanced accuracy with macro F1 within `decide.prior_max_f1_drop` of τ = 0's). An analysis of stored
+predictions; the pipeline applies its rule in the decide stage.
 
     python tools/prior_shift.py [--run-dir DIR]      # DIR: a checkout where `derma-nb run` finished (default .)
     python tools/prior_shift.py --logits reports/gpu/recipe_X_logits.npz [...]   # recipe_run.py runs (averaged)
@@ -35,8 +37,10 @@ def scores(y, pred) -> dict:
 
 
 def adjusted(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
-    "Predictions after logit adjustment by τ·log prior."
-    return (np.log(np.clip(probs, 1e-12, None)) - tau * np.log(prior)).argmax(1)
+    "Predictions after logit adjustment by τ·log prior (the pipeline's `derma_nb.decide.prior_corrected`)."
+    from derma_nb.decide import prior_corrected
+
+    return prior_corrected(probs, prior, tau)
 
 
 def from_run(run_dir: str) -> tuple[dict, np.ndarray, str]:
@@ -79,6 +83,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default=".", help="checkout of a finished run (artifacts/, params.yaml)")
     ap.add_argument("--logits", nargs="+", metavar="NPZ", help="recipe_run.py logit files instead (several: averaged)")
+    ap.add_argument("--max-f1-drop", type=float, default=0.02, help="the pipeline rule's macro-F1 floor below τ = 0's")
     args = ap.parse_args(argv)
     from derma_nb.config import CLASSES
 
@@ -96,6 +101,13 @@ def main(argv=None):
         t, v, te = max(rows, key=lambda r: (r[1][metric], -r[0]))  # ties: the smaller correction
         print(f"τ chosen on validation {metric}: {t:.2f} (val {v[metric]:.3f}) -> test balanced accuracy "
               f"{te['balanced_accuracy']:.3f}, macro F1 {te['macro_f1']:.3f}, melanoma recall {te['mel_recall']:.3f}")
+    from derma_nb.decide import fit_prior_tau
+
+    fit = fit_prior_tau(split["val"][0], split["val"][1], prior, args.max_f1_drop)
+    te = scores(split["test"][1], adjusted(split["test"][0], prior, fit["tau"]))
+    print(f"τ chosen by the pipeline's rule (macro F1 within {args.max_f1_drop:g} of τ = 0's on validation): "
+          f"{fit['tau']:.2f} -> test balanced accuracy {te['balanced_accuracy']:.3f}, macro F1 {te['macro_f1']:.3f}, "
+          f"melanoma recall {te['mel_recall']:.3f}")
 
 
 if __name__ == "__main__":
