@@ -13,7 +13,7 @@ from .config import load_params
 import pandas as pd
 
 from .metrics import HEADLINE, ci_text, subgroup_display
-from .report import _CSS, _fmt, _load_json
+from .report import _CSS, _fmt, _load_json, prior_text
 from .stage import run_identity
 
 # %% auto #0
@@ -44,15 +44,6 @@ SYNTHETIC_NOTE = ("**SYNTHETIC DATA.** This model was trained and evaluated on t
                   "dermoscopy; the model must not be used on real images.")
 
 
-def _prior_text(pc: dict) -> str:
-    "The prior correction in the card's words ('' when τ = 0)."
-    if not pc.get("tau"):
-        return ""
-    how = (f", chosen on validation with macro F1 within {pc['max_f1_drop']:g} of the plain argmax's"
-           if "max_f1_drop" in pc else "")
-    return f"a prior correction τ = {pc['tau']:g} (the predicted class favours the rare classes in close calls{how}), "
-
-
 def model_section(f: dict) -> str:
     "Model details: backbone, weights, image size, the training recipe, the decisions stored with it."
     p, tr, d = f["params"], f["train"], f["decide"]
@@ -65,7 +56,7 @@ def model_section(f: dict) -> str:
             f"{best.get('metric', p.train.select_metric)} kept (phase {best.get('phase', '–')}, epoch "
             f"{best.get('epoch', '–')}). Seed {p.seed}.\n- **Stored with the model** (fitted on validation): "
             f"{d.get('views', '–')} test-time view(s), temperature {_fmt(d.get('temperature'), 3)}, "
-            f"{_prior_text(d.get('prior_correction') or {})}the melanoma "
+            f"{prior_text(d.get('prior_correction') or {})}the melanoma "
             f"threshold and the conformal threshold below. `derma-nb predict` and the ONNX sidecar apply the same.\n"
             f"- **Run**: `{f['run_id']}` (hash of params.yaml and the dataset); the code is the git commit whose "
             f"`dvc.lock` records this run. No date: two identical runs write this card byte for byte the same.\n")

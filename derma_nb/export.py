@@ -236,13 +236,17 @@ class Predictor:
         logits = self.predict_logits(images)
         return self.decision.probs(logits) if self.decision else calibrated_probs(logits)
 
+    def predicted_classes(self, probs) -> np.ndarray:
+        "Class indices of probabilities (N, classes): the stored decision's (prior-corrected when τ > 0), else argmax."
+        return self.decision.predict(probs) if self.decision else np.asarray(probs).argmax(1)
+
     def predict_files(self, paths) -> pd.DataFrame:
         "One row per file: path, pred, confidence and a `prob_<class>` column per class."
         paths = [str(p) for p in paths]
         probs = [self.predict_arrays(np.stack([self.load_image(p) for p in paths[s:s + self.batch_size]]))
                  for s in range(0, len(paths), self.batch_size)]
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
-        pred = self.decision.predict(probs) if self.decision else probs.argmax(1)  # prior-corrected when τ > 0
+        pred = self.predicted_classes(probs)
         df = pd.DataFrame({"path": paths, "pred": [self.classes[k] for k in pred],
                            "confidence": probs[np.arange(len(pred)), pred]})
         for k, c in enumerate(self.classes):

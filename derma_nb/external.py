@@ -57,7 +57,7 @@ def external_results(prep, probs: np.ndarray, pred: Predictor, n_boot: int = 100
     "Metrics with lesion-bootstrap CIs, calibration, the stored decisions and subgroups on every image of `prep`."
     t = prep.table.loc[prep.rows("test")]
     y, groups, d = t.label.to_numpy(), t.group.to_numpy(), pred.decision
-    y_pred = d.predict(probs) if d is not None else probs.argmax(1)  # the stored decision's classes
+    y_pred = pred.predicted_classes(probs)  # the stored decision's classes
     m = classification_metrics(y, probs, y_pred=y_pred)
     onehot = np.eye(len(CLASSES))[y]
     res = {"n": len(y), "lesions": int(t.lesion_id.nunique()), "absent_classes": [c for k, c in enumerate(CLASSES)
@@ -140,7 +140,7 @@ def evaluate_external(data_dir: str | Path, model_path: str | Path = RELEASE_MOD
         "href='index.html'", "href='../index.html'"), encoding="utf-8")
     write_json(out / f"{name}.json", {**info, **res})
     t = prep.table.loc[prep.rows("test"), ["image_id", "lesion_id", "dx"]].assign(
-        pred=[CLASSES[k] for k in (pred.decision.predict(probs) if pred.decision else probs.argmax(1))],
+        pred=[CLASSES[k] for k in pred.predicted_classes(probs)],
         **{f"prob_{c}": probs[:, k] for k, c in enumerate(CLASSES)})
     t.to_csv(Path(cache_root) / name / "predictions.csv", index=False)
     return out / f"{name}.html"

@@ -55,13 +55,10 @@ def _check(y_true, y_prob, classes) -> tuple[np.ndarray, np.ndarray]:
 
 def _pred(y_prob: np.ndarray, y_pred=None) -> np.ndarray:
     "The predicted classes: `y_pred` when given (e.g. a decision's prior-corrected ones), else the argmax."
-    if y_pred is None:
-        return y_prob.argmax(1)
-    y_pred = np.asarray(y_pred).ravel()
-    if y_pred.shape != (len(y_prob),) or not np.issubdtype(y_pred.dtype, np.integer) or \
-            (len(y_pred) and not (0 <= y_pred.min() and y_pred.max() < y_prob.shape[1])):
-        raise ValueError(f"y_pred must hold {len(y_prob)} integer labels 0..{y_prob.shape[1] - 1}, got "
-                         f"{y_pred.dtype} of shape {y_pred.shape}")
+    y_pred = y_prob.argmax(1) if y_pred is None else np.asarray(y_pred).ravel()
+    K = y_prob.shape[1]
+    if y_pred.shape != (len(y_prob),) or y_pred.dtype.kind not in "iu" or ((y_pred < 0) | (y_pred >= K)).any():
+        raise ValueError(f"y_pred must hold {len(y_prob)} integer labels 0..{K - 1}, got {y_pred.dtype} {y_pred.shape}")
     return y_pred
 
 # %% ../nbs/08_metrics.ipynb #f2bfbf2a

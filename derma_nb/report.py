@@ -18,8 +18,8 @@ from .stage import STAGE_TITLES, run_identity
 
 # %% auto #0
 __all__ = ['REFERENCES', 'RESULT_KEYS', 'SUMMARY_KEYS', 'headline_section', 'promotion_section', 'training_section',
-           'stages_section', 'identity_section', 'write_index', 'results_table', 'write_results', 'collect_experiments',
-           'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
+           'stages_section', 'identity_section', 'write_index', 'prior_text', 'results_table', 'write_results',
+           'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
 
 # %% ../nbs/20_report.ipynb #c9069b3d
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -163,6 +163,30 @@ REFERENCES = [
 RESULT_KEYS = tuple(HEADLINE.items())
 "The results table's rows: the headline metrics."
 
+# %% ../nbs/20_report.ipynb #0eb2b020
+def prior_text(pc: dict) -> str:
+    "The decide stage's prior correction (metrics/decide.json `prior_correction`) in words, ending ', '; '' when τ = 0."
+    if not pc.get("tau"):
+        return ""
+    how = (f", chosen on validation with macro F1 within {pc['max_f1_drop']:g} of the plain argmax's"
+           if "max_f1_drop" in pc else "")
+    return f"a prior correction τ = {pc['tau']:g} (the predicted class favours the rare classes in close calls{how}), "
+
+
+def _recipe_note(p, train: dict, prior: dict) -> str:
+    "The training recipe and decisions of a run (params, metrics/train.json, the prior correction) as one clause."
+    ph1 = (f"phase 1 {p.train.phase1.epochs} epochs (head on the frozen backbone)" if p.train.phase1.epochs
+           else "phase 1 skipped")
+    ph2, best = p.train.phase2, train.get("best", {})
+    trained = "everything" if ph2.unfreeze == "all" else f"the last {ph2.unfreeze} stage(s) + head"
+    views = f", the frozen part cached for {ph2.cache_views} dihedral views" if ph2.cache_views else ""
+    balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
+                                         ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
+    tau = f", {prior_text(prior).rstrip(', ')}" if prior.get("tau") else ""
+    return (f"{ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, label smoothing "
+            f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{tau}); best: phase {best.get('phase')}, "
+            f"epoch {best.get('epoch')} by val {best.get('metric')}; trained on {train.get('device')}")
+
 # %% ../nbs/20_report.ipynb #b414a9e3
 def results_table(run_dir: str | Path = ".") -> dict:
     "The run's test metrics (baseline and model, with CIs) plus reference numbers, as data and as markdown."
@@ -189,22 +213,8 @@ def results_table(run_dir: str | Path = ".") -> dict:
         lines.append(f"| {label} | " + " | ".join(vals) + " |")
     data_note = (f"{man.get('count')} images ({'SYNTHETIC' if man.get('synthetic') else 'real HAM10000'}), "
                  f"test split {test.get('n')} images (lesion-disjoint); 95% CIs from 1,000 lesion resamples")
-    ph1 = (f"phase 1 {p.train.phase1.epochs} epochs (head on the frozen backbone)" if p.train.phase1.epochs
-           else "phase 1 skipped")
-    ph2 = p.train.phase2
-    trained = "everything" if ph2.unfreeze == "all" else f"the last {ph2.unfreeze} stage(s) + head"
-    views = f", the frozen part cached for {ph2.cache_views} dihedral views" if ph2.cache_views else ""
-    best = train.get("best", {})
-    balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
-                                         ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
     prior = (_load_json(run / "metrics/decide.json") or {}).get("prior_correction") or {}
-    tau = (f", the predicted class prior-corrected with τ = {prior['tau']:g} chosen on validation (macro F1 within "
-           f"{prior['max_f1_drop']:g} of τ = 0's)" if prior.get("tau") and "max_f1_drop" in prior
-           else f", prior correction τ = {prior['tau']:g}" if prior.get("tau") else "")
-    recipe = (f"{model_name}: {ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, "
-              f"label smoothing {p.train.label_smoothing:g}, test-time views {p.decide.views}{tau}); best: phase "
-              f"{best.get('phase')}, epoch {best.get('epoch')} by val "
-              f"{best.get('metric')}; trained on {train.get('device')}")
+    recipe = f"{model_name}: {_recipe_note(p, train, prior)}"
     notes = [f"- **This run**: {data_note}. {recipe}. Random forest: {base.get('features')}, fit "
              f"{_timings(run)['baseline'].get('fit_seconds', '–')} s."] + [f"- **{r['name']}** ({r['split']} split): {r['why']}." for r in REFERENCES]
     md = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
