@@ -217,7 +217,7 @@ class GateParams:
 
 @dataclass(config=_STRICT)
 class DecideParams:
-    "Decisions fitted on validation, stored with the model: test-time views, calibration, melanoma point, sets."
+    "Decisions fitted on validation, stored with the model: views, calibration, prior correction, patient context, melanoma point, sets."
     views: Int = Field(1, ge=1, le=8)
     calibrate: Bool = True
     mel_sensitivity: Float = Field(0.85, gt=0.0, le=1.0)
@@ -225,6 +225,13 @@ class DecideParams:
     conformal_classwise: Bool = False
     prior_tau: Annotated[float, Strict(), BeforeValidator(_as_float), Field(ge=0.0, le=3.0)] | Literal["fit"] = 0.0
     prior_max_f1_drop: Float = Field(0.02, ge=0.0, le=1.0)
+    context: Bool = True
+    context_age_edges: list[Int] = field(default_factory=lambda: [20, 30, 40, 50, 60, 70, 80])
+
+    def __post_init__(self):
+        e = self.context_age_edges
+        if not e or any(not 0 < a < 120 for a in e) or any(b <= a for a, b in zip(e, e[1:])):
+            raise ValueError(f"context_age_edges must be increasing ages between 0 and 120 (years), got {e}")
 
 
 @dataclass(config=_STRICT)
