@@ -13,7 +13,7 @@ from .config import load_params
 import pandas as pd
 
 from .metrics import HEADLINE, ci_text, subgroup_display
-from .report import _CSS, _fmt, _load_json, prior_text
+from .report import _CSS, _fmt, _load_json, context_text, prior_text
 from .stage import run_identity
 
 # %% auto #0
@@ -56,7 +56,7 @@ def model_section(f: dict) -> str:
             f"{best.get('metric', p.train.select_metric)} kept (phase {best.get('phase', '–')}, epoch "
             f"{best.get('epoch', '–')}). Seed {p.seed}.\n- **Stored with the model** (fitted on validation): "
             f"{d.get('views', '–')} test-time view(s), temperature {_fmt(d.get('temperature'), 3)}, "
-            f"{prior_text(d.get('prior_correction') or {})}the melanoma "
+            f"{context_text(d.get('context') or {})}{prior_text(d.get('prior_correction') or {})}the melanoma "
             f"threshold and the conformal threshold below. `derma-nb predict` and the ONNX sidecar apply the same.\n"
             f"- **Run**: `{f['run_id']}` (hash of params.yaml and the dataset); the code is the git commit whose "
             f"`dvc.lock` records this run. No date: two identical runs write this card byte for byte the same.\n")
@@ -96,8 +96,11 @@ INTENDED_USE = """## Intended use
 def metrics_section(f: dict) -> str:
     "Headline metrics on the test split with 95% CIs, beside the random-forest baseline."
     t, b = f["test"], f["baseline"]
+    img = (t.get("context") or {}).get("image_only") if (t.get("context") or {}).get("weight") else None
     rows = [[label, ci_text(t.get("ci", {}).get(k) or {"value": t.get(k)}),
+             *([ci_text(img["ci"].get(k) or {"value": img.get(k)})] if img else []),
              ci_text(b.get("test_ci", {}).get(k) or {"value": b.get("test", {}).get(k)})] for k, label in HEADLINE.items()]
+    model = t.get("model", "model")
     pc = t.get("per_class") or {}
     per_class = [[c, v.get("support", 0), _fmt(v.get("precision"), 3), _fmt(v.get("recall"), 3),
                   _fmt(v.get("auc"), 3), "" if v.get("support") else "absent from the test split: undefined"]
@@ -107,7 +110,10 @@ def metrics_section(f: dict) -> str:
             f"melanoma recall), widened to the lesion bootstrap where that is wider; resampling lesions (1,000 "
             f"bootstrap resamples unless `evaluate.n_boot` says otherwise) for the rest; *n too small* where a "
             f"bootstrap collapsed or its class has too few images.\n\n"
-            + _table(["metric", t.get("model", "model"), "random forest"], rows)
+            + (f"With the patient's age, sex and body site (the model's main decision), beside the same model on the "
+               "image alone (its image-only decisions, what `predict` gives when no context is given):\n\n" if img else "")
+            + _table(["metric", *([f"{model} + patient context", f"{model}, image only"] if img else [model]),
+                      "random forest"], rows)
             + ("\nPer class (test split):\n\n" + _table(["class", "images", "precision", "recall", "ROC-AUC", "note"],
                                                        per_class) if pc else "")
             + (f"\n**Absent from the test split:** {', '.join(absent)} — shown as “–”; the macro averages are over "
@@ -167,6 +173,13 @@ def subgroup_section(f: dict) -> str:
 def limits_section(f: dict) -> str:
     "Limitations and ethical considerations."
     size = f["params"].prepare.image_size
+    context = ("- **Patient context.** Age, sex and body site enter as evidence beside the image, with likelihood ratios "
+               "counted on HAM10000's training split: they carry that population's referral patterns (which lesions "
+               "were photographed where, at what age) and may not transfer to another clinic; without them "
+               "`predict` answers from the image alone. History and other clinical findings are not used."
+               if (f["decide"].get("context") or {}).get("weight") else
+               "- **No patient context.** Age, sex and body site are not used (`decide.context`, or no weight helped "
+               "on validation); clinicians use them and history.")
     return f"""## Limitations
 
 - **One dataset.** HAM10000 comes from two sites (Vienna, Austria; Queensland, Australia) and mostly light skin
@@ -176,7 +189,7 @@ def limits_section(f: dict) -> str:
 - **Labels.** About half the diagnoses are confirmed by histopathology; the rest come from follow-up, expert
   consensus or confocal microscopy.
 - **Image size.** Images are downscaled to {size} px; fine dermoscopic structures are lost.
-- **No patient context.** Age, sex and body site are not model inputs; clinicians use them and history.
+{context}
 
 ## Ethical considerations
 

@@ -141,12 +141,18 @@ def cmd_export(args) -> int:
          ("--model", {"default": "artifacts/release/model.pt", "help": ".pt model or .onnx export (default: the released model)"}),
          ("--format", {"default": "table", "choices": ("table", "csv", "json")}),
          ("--views", {"type": int, "help": "test-time views with their own stored decisions (default: the model's; "
-                                           "1 = fastest)"}))
+                                           "1 = fastest)"}),
+         ("--age", {"help": "the patient's age in years, for every image given (patient context)"}),
+         ("--sex", {"help": "male or female, for every image given"}),
+         ("--site", {"help": "the lesion's body site as HAM10000 names it (back, face, lower extremity, ...)"}),
+         ("--metadata", {"help": "CSV with a row per image: image_id (file name without extension) or file, and any "
+                                 "of age, sex, localization (site)"}))
 def cmd_predict(args) -> int:
     "Print decision support for images (the notice and, for a synthetic-sample model, a warning first)."
     from derma_nb.export import predict_main
 
-    print(predict_main(args.images, args.model, fmt=args.format, views=args.views))
+    print(predict_main(args.images, args.model, fmt=args.format, views=args.views, metadata=args.metadata,
+                       age=args.age, sex=args.sex, site=args.site))
     return 0
 
 # %% ../nbs/23_cli.ipynb #e8f743cc

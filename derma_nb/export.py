@@ -15,18 +15,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .cache import dihedral, unit_batch
+from .cache import dihedral, load_prepared, unit_batch
 from .config import CLASS_NAMES, CLASSES, load_params, log
 from .runtime import write_json
 from .data import IMAGE_SUFFIXES, DataError, decode_for_model, scan_dataset
 from .metrics import HEADLINE, classification_metrics
-from .decide import RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, decision_for, describe
+from .decide import (CONTEXT_FIELDS, RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, context_for,
+                             context_given, decision_for, describe)
 from .model import ModelFileError, load_model
 
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'EXPORTERS', 'FORMATS', 'NOTICE', 'SYNTHETIC_WARNING', 'sidecar_path', 'export_onnx', 'onnx_parity',
-           'export_checkpoint', 'read_sidecar', 'Predictor', 'expand_image_paths', 'model_line', 'predict_table',
-           'predict_main', 'predict_parity']
+           'export_checkpoint', 'read_sidecar', 'Predictor', 'expand_image_paths', 'context_line', 'model_line',
+           'predict_table', 'predict_main', 'predict_parity']
 
 # %% ../nbs/16_export.ipynb #9a6996de
 ONNX_FORMAT = "derma_nb.onnx/1"
@@ -191,11 +192,14 @@ class Predictor:
             self.model, self.meta = load_model(self.path, map_location=self.device)
         self.classes = tuple(self.meta["classes"])
         self.image_size, self.resize = int(self.meta["image_size"]), self.meta.get("resize", "center_crop")
-        try:  # the decisions fitted on validation for these views (None: the main one)
-            self.decision = decision_for(self.meta, views)
+        try:  # the decisions fitted on validation for these views (None: the main one's)
+            main = decision_for(self.meta, views)
         except ValueError as e:
             raise ModelFileError(f"{self.path}: {e}") from None
-        self.views = self.decision.views if self.decision else (views or 1)
+        self.views = main.views if main else (views or 1)
+        # for images given without age, sex or site; and, when stored, for images given with them
+        self.decision = decision_for(self.meta, self.views, context=False) if main else None
+        self.context_decision = decision_for(self.meta, self.views, context=True) if main else None
         self.synthetic = (self.meta.get("data") or {}).get("synthetic")
 
     def __repr__(self):
@@ -231,33 +235,40 @@ class Predictor:
                .reshape(self.views, len(x[s:s + step]), -1) for s in range(0, len(x), step)]
         return np.concatenate(out, 1) if out else np.zeros((self.views, 0, len(self.classes)), dtype=np.float32)
 
-    def predict_arrays(self, images) -> np.ndarray:
-        "Probabilities (B, classes): the stored test-time views and calibration applied."
-        logits = self.predict_logits(images)
-        return self.decision.probs(logits) if self.decision else calibrated_probs(logits)
+    def decision_for_context(self, context: pd.DataFrame | None = None) -> Decision | None:
+        "The stored decision for images given with a context table (age, sex, site) or without one (None)."
+        return self.context_decision if context is not None and self.context_decision else self.decision
 
-    def predicted_classes(self, probs) -> np.ndarray:
+    def predict_arrays(self, images, context: pd.DataFrame | None = None) -> np.ndarray:
+        "Probabilities (B, classes): the stored views and calibration, and the patient context when given (a table)."
+        logits, d = self.predict_logits(images), self.decision_for_context(context)
+        return d.probs(logits, context) if d else calibrated_probs(logits)
+
+    def predicted_classes(self, probs, context: pd.DataFrame | None = None) -> np.ndarray:
         "Class indices of probabilities (N, classes): the stored decision's (prior-corrected when τ > 0), else argmax."
-        return self.decision.predict(probs) if self.decision else np.asarray(probs).argmax(1)
+        d = self.decision_for_context(context)
+        return d.predict(probs) if d else np.asarray(probs).argmax(1)
 
-    def predict_files(self, paths) -> pd.DataFrame:
-        "One row per file: path, pred, confidence and a `prob_<class>` column per class."
+    def predict_files(self, paths, context: pd.DataFrame | None = None) -> pd.DataFrame:
+        "One row per file: path, pred, confidence, a `prob_<class>` column per class; `context`: a row per file."
         paths = [str(p) for p in paths]
-        probs = [self.predict_arrays(np.stack([self.load_image(p) for p in paths[s:s + self.batch_size]]))
+        ctx = (lambda s: None) if context is None else (lambda s: context.iloc[s:s + self.batch_size])  # noqa: E731
+        probs = [self.predict_arrays(np.stack([self.load_image(p) for p in paths[s:s + self.batch_size]]), ctx(s))
                  for s in range(0, len(paths), self.batch_size)]
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
-        pred = self.predicted_classes(probs)
+        pred = self.predicted_classes(probs, context)
         df = pd.DataFrame({"path": paths, "pred": [self.classes[k] for k in pred],
                            "confidence": probs[np.arange(len(pred)), pred]})
         for k, c in enumerate(self.classes):
             df[f"prob_{c}"] = probs[:, k]
         return df
 
-    def describe_files(self, paths) -> list[dict]:
-        "Per file: top class and probability, the prediction set, the melanoma flag (`derma_nb.decide.describe`)."
-        df = self.predict_files(paths)
+    def describe_files(self, paths, context: pd.DataFrame | None = None) -> list[dict]:
+        "Per file: top class and probability, the prediction set, the melanoma flag, the context used."
+        df, d = self.predict_files(paths, context), self.decision_for_context(context)
         probs = df[[f"prob_{c}" for c in self.classes]].to_numpy()
-        return [{"file": f, **describe(p, self.decision, self.classes)} for f, p in zip(df.path, probs)]
+        given = [None] * len(df) if context is None else context_given(context)
+        return [{"file": f, **describe(p, d, self.classes), "context": g} for f, p, g in zip(df.path, probs, given)]
 
 # %% ../nbs/16_export.ipynb #376d2300
 FORMATS = ("table", "csv", "json")
@@ -283,12 +294,23 @@ SYNTHETIC_WARNING = ("!! WARNING: this model was trained on the SYNTHETIC sample
                      "Its outputs say nothing about real skin lesions. !!")
 
 
-def model_line(pred: Predictor) -> str:
-    "One paragraph on the model: file, backbone, size, views, calibration, the melanoma threshold, the set coverage."
-    d, m = pred.decision, pred.meta
+def context_line(pred: Predictor, given: bool) -> str:
+    "Whether the patient context weighs in: given and stored, given but not stored, or not given."
+    cd = pred.context_decision
+    if given:
+        return (f"patient context (age, sex, site) weighed in where known (weight {cd.context['weight']:.2f}, chosen on "
+                "validation)" if cd else "no patient context stored with this model: the age, sex and site given are "
+                                         "NOT used")
+    return ("image only: no age, sex or site given (the model can use them: --age/--sex/--site or --metadata)"
+            if cd else "image only")
+
+
+def model_line(pred: Predictor, context: bool = False) -> str:
+    "One paragraph on the model: file, backbone, size, views, calibration, context, the melanoma threshold, the sets."
+    d, m = pred.decision_for_context(True if context else None), pred.meta
     parts = [f"model {pred.path}: {m.get('arch', '?')}, {pred.image_size} px, {pred.views} test-time view(s)"]
     if d is not None:
-        parts.append(f"calibrated (T = {d.temperature:.2f})")
+        parts += [f"calibrated (T = {d.temperature:.2f})", context_line(pred, context)]
         if d.tau:
             parts.append(f"predicted class prior-corrected towards rare classes (tau = {d.tau:g}, chosen on validation)")
         if d.mel.get("threshold") is not None:
@@ -301,49 +323,70 @@ def model_line(pred: Predictor) -> str:
     return "; ".join(parts) + "."
 
 
-def predict_table(pred: Predictor, rows: list[dict]) -> str:
+def _context_text(given: dict | None) -> str:
+    "A row's known context as the table shows it: '70 y, male, face'; '–' when none is known."
+    if not given:
+        return "–"
+    age = f"{given['age']:g} y" if "age" in given else None
+    return ", ".join(v for v in (age, given.get("sex"), given.get("localization")) if v)
+
+
+def predict_table(pred: Predictor, rows: list[dict], context: bool = False) -> str:
     "What `derma-nb predict` prints for people: the notice, the synthetic warning, the model, a line per image."
-    cover = f"{100 * (1 - pred.decision.conformal['alpha']):.0f}% set" if pred.decision and pred.decision.conformal \
-        else "set"
-    lines = [NOTICE] + ([SYNTHETIC_WARNING] if pred.synthetic else []) + [model_line(pred), ""]
+    d = pred.decision_for_context(True if context else None)
+    cover = f"{100 * (1 - d.conformal['alpha']):.0f}% set" if d and d.conformal else "set"
+    lines = [NOTICE] + ([SYNTHETIC_WARNING] if pred.synthetic else []) + [model_line(pred, context), ""]
     moved = [r["top_class"] != r.get("most_probable_class", r["top_class"]) for r in rows]
     tops = [f"{r['top_class']:<5} {CLASS_NAMES.get(r['top_class'], '')}{' *' if m else ''}".rstrip()
             for r, m in zip(rows, moved)]
     sets = [", ".join(r["prediction_set"]) if r["prediction_set"] is not None else "–" for r in rows]
-    w, tw, sw = (max([len(h)] + [len(v) for v in col]) for h, col in
-                 (("image", [Path(r["file"]).name for r in rows]), ("predicted class", tops), (cover, sets)))
-    lines.append(f"{'image':<{w}}  {'predicted class':<{tw}}  {'prob':>4}  {cover:<{sw}}  melanoma")
-    for r, top, pset in zip(rows, tops, sets):
+    ctx = [_context_text(r.get("context")) for r in rows] if context else []
+    w, tw, sw, cw = (max([len(h)] + [len(v) for v in col]) for h, col in
+                     (("image", [Path(r["file"]).name for r in rows]), ("predicted class", tops), (cover, sets),
+                      ("context", ctx)))
+    head = f"{'image':<{w}}  {'predicted class':<{tw}}  {'prob':>4}  {cover:<{sw}}  melanoma"
+    lines.append((head + (f"   {'context':<{cw}}" if context else "")).rstrip())
+    for i, (r, top, pset) in enumerate(zip(rows, tops, sets)):
         flag = {True: "SUSPECTED", False: "-", None: "n/a"}[r["melanoma_suspected"]]
-        lines.append(f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {100 * r['top_probability']:>3.0f}%  {pset:<{sw}}  {flag}")
+        line = f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {100 * r['top_probability']:>3.0f}%  {pset:<{sw}}  {flag:<9}"
+        lines.append((line + f"  {ctx[i]:<{cw}}" if context else line).rstrip())
     if any(moved):
-        lines += ["", f"* not the most probable class: the prior correction (tau = {pred.decision.tau:g}, chosen on validation) "
+        lines += ["", f"* not the most probable class: the prior correction (tau = {d.tau:g}, chosen on validation) "
                       "gave the rarer class the close call; --format json also gives most_probable_class"]
     return "\n".join(lines)
 
 # %% ../nbs/16_export.ipynb #798f1aeb
 def predict_main(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "table", device: str = "cpu",
-                 batch_size: int = 64, views: int | None = None) -> str:
-    "Decision support for image files (or folders of them) as a table for people, or csv/json with the same fields."
+                 batch_size: int = 64, views: int | None = None, metadata: str | Path | None = None,
+                 age=None, sex=None, site=None) -> str:
+    "Decision support for image files (or folders), with the patient context if given: a table, or csv/json."
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     files = expand_image_paths(paths)
     if not files:
         raise DataError("no image files given")
+    context = context_for(files, metadata, age, sex, site)
     pred = Predictor(model_path, device=device, batch_size=batch_size, views=views)
-    rows = pred.describe_files(files)
+    if context is not None and pred.context_decision is None:
+        log.warning("%s", context_line(pred, True))
+    rows = pred.describe_files(files, context)
     if fmt == "table":
-        return predict_table(pred, rows)
+        return predict_table(pred, rows, context is not None)
     if pred.synthetic:
         log.warning("%s", SYNTHETIC_WARNING)
+    used = context is not None and pred.context_decision is not None
     flat = [{"file": r["file"], "top_class": r["top_class"], "top_probability": r["top_probability"],
              "most_probable_class": r["most_probable_class"], "prediction_set": r["prediction_set"], "melanoma_suspected": r["melanoma_suspected"],
+             "context": r["context"], "context_used": used and r["context"] is not None,
              "synthetic_model": bool(pred.synthetic), **{f"prob_{c}": v for c, v in r["probabilities"].items()}}
             for r in rows]
     if fmt == "json":
-        return json.dumps({"notice": NOTICE, "model": model_line(pred), "synthetic_model": bool(pred.synthetic),
-                           "images": flat}, indent=2)
-    return pd.DataFrame([{**r, "prediction_set": "|".join(r["prediction_set"] or [])} for r in flat]).to_csv(index=False)
+        return json.dumps({"notice": NOTICE, "model": model_line(pred, context is not None),
+                           "synthetic_model": bool(pred.synthetic), "images": flat}, indent=2)
+    cols = lambda r, probs: {k: v for k, v in r.items() if k.startswith("prob_") == probs and k != "context"}  # noqa: E731
+    return pd.DataFrame([{**cols(r, False), "prediction_set": "|".join(r["prediction_set"] or []),
+                          **{f"context_{f}": (r["context"] or {}).get(f) for f in CONTEXT_FIELDS}, **cols(r, True)}
+                         for r in flat]).to_csv(index=False)
 
 # %% ../nbs/16_export.ipynb #c9d1e62d
 def predict_parity(run_dir: str | Path = ".", model: str | Path | None = None) -> dict:
@@ -357,7 +400,10 @@ def predict_parity(run_dir: str | Path = ".", model: str | Path | None = None) -
     if any(r.member is not None for r in refs):
         raise ValueError("check_predict_parity needs the images as files, not inside zips")
     predictor = Predictor(model or run / RELEASE_MODEL)
-    got = predictor.predict_files([r.path for r in refs])
+    # the images' age, sex and site as the evaluate stage read them (its predictions used them when the model does)
+    table = load_prepared(run / p.prepare.out).table.set_index("image_id")
+    context = table.loc[pred.image_id, ["age", "sex", "localization"]].reset_index(drop=True)
+    got = predictor.predict_files([r.path for r in refs], context)
     cols = [f"prob_{c}" for c in CLASSES]
     diff = float(np.abs(got[cols].to_numpy() - pred[cols].to_numpy()).max())
     # predict's classes (the stored decision's: prior-corrected when τ > 0) against the evaluate stage's

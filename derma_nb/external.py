@@ -28,13 +28,15 @@ __all__ = ['score_dataset', 'training_overlap', 'external_results', 'external_ma
 # %% ../nbs/22_external.ipynb #c30c2bf2
 def score_dataset(pred: Predictor, data_dir: str | Path, cache_dir: str | Path, lenient: bool = False,
                   workers: int = 2, chunk: int = 256):
-    "(prepared data, probabilities (N, K)) of every image of a HAM10000-layout folder, decoded as in training."
+    "(prepared data, probabilities (N, K)) of every image of a HAM10000-layout folder, decoded as in training, with its context."
     prep = prepare_dataset(data_dir, cache_dir, pred.image_size, pred.resize, lenient=lenient, workers=workers,
                            split_all="test")
     rows, probs, t0 = prep.rows("test"), [], time.time()
     every = max(1, len(rows) // chunk // 10)  # about ten progress lines, whatever the size
     for k, s in enumerate(range(0, len(rows), chunk)):
-        probs.append(pred.predict_arrays(np.ascontiguousarray(prep.images[rows[s:s + chunk]])))
+        # the metadata's age, sex and site are the patient context (used when the model stores a decision for it)
+        probs.append(pred.predict_arrays(np.ascontiguousarray(prep.images[rows[s:s + chunk]]),
+                                         prep.table.loc[rows[s:s + chunk]]))
         done, dt = min(s + chunk, len(rows)), time.time() - t0
         if (k + 1) % every == 0 or done == len(rows):
             log.info("scored %d/%d images (%.1f images/s with %d view(s), about %.0f s left)", done, len(rows),
@@ -56,11 +58,12 @@ def external_results(prep, probs: np.ndarray, pred: Predictor, n_boot: int = 100
                      min_subgroup: int = 30) -> dict:
     "Metrics with lesion-bootstrap CIs, calibration, the stored decisions and subgroups on every image of `prep`."
     t = prep.table.loc[prep.rows("test")]
-    y, groups, d = t.label.to_numpy(), t.group.to_numpy(), pred.decision
-    y_pred = pred.predicted_classes(probs)  # the stored decision's classes
+    y, groups, d = t.label.to_numpy(), t.group.to_numpy(), pred.decision_for_context(t)
+    y_pred = pred.predicted_classes(probs, t)  # the stored decision's classes (with the patient context if stored)
     m = classification_metrics(y, probs, y_pred=y_pred)
     onehot = np.eye(len(CLASSES))[y]
-    res = {"n": len(y), "lesions": int(t.lesion_id.nunique()), "absent_classes": [c for k, c in enumerate(CLASSES)
+    res = {"n": len(y), "lesions": int(t.lesion_id.nunique()), "context_used": bool(d is not None and d.uses_context),
+           "absent_classes": [c for k, c in enumerate(CLASSES)
                                                                                  if not (y == k).any()],
            **{k: m[k] for k in HEADLINE}, "ci": bootstrap_ci(y, probs, groups, n_boot=n_boot, seed=seed, y_pred=y_pred),
            "recall": {c: m["per_class"][c]["recall"] for c in CLASSES},
@@ -93,7 +96,9 @@ def external_markdown(res: dict, info: dict) -> str:
           f"Model `{info['model']}` (sha256 `{info['model_sha256'][:12]}`, {info['arch']}), scored on "
           f"**{res['n']} images of {res['lesions']} lesions** from `{info['data']}`, every image as a test image, with "
           f"the model's preprocessing, {info.get('views', 1)} test-time view(s) and the decisions stored for them "
-          f"(nothing fitted here). 95% intervals resample lesions.\n",
+          f"(nothing fitted here)"
+          + ("; each image's age, sex and body site from the metadata weigh in beside it (the model's patient "
+             "context)" if res.get("context_used") else "; from the images alone") + ". 95% intervals resample lesions.\n",
           _overlap_note(info["overlap"]) + "\n"]
     if res["absent_classes"]:
         md.append(f"Classes absent from this dataset (not scored): {', '.join(res['absent_classes'])}.\n")
@@ -140,7 +145,7 @@ def evaluate_external(data_dir: str | Path, model_path: str | Path = RELEASE_MOD
         "href='index.html'", "href='../index.html'"), encoding="utf-8")
     write_json(out / f"{name}.json", {**info, **res})
     t = prep.table.loc[prep.rows("test"), ["image_id", "lesion_id", "dx"]].assign(
-        pred=[CLASSES[k] for k in pred.predicted_classes(probs)],
+        pred=[CLASSES[k] for k in pred.predicted_classes(probs, prep.table.loc[prep.rows("test")])],
         **{f"prob_{c}": probs[:, k] for k, c in enumerate(CLASSES)})
     t.to_csv(Path(cache_root) / name / "predictions.csv", index=False)
     return out / f"{name}.html"

@@ -18,8 +18,9 @@ from .stage import STAGE_TITLES, run_identity
 
 # %% auto #0
 __all__ = ['REFERENCES', 'RESULT_KEYS', 'SUMMARY_KEYS', 'headline_section', 'promotion_section', 'training_section',
-           'stages_section', 'identity_section', 'write_index', 'prior_text', 'results_table', 'write_results',
-           'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
+           'stages_section', 'identity_section', 'write_index', 'prior_text', 'context_text', 'results_table',
+           'write_results', 'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics',
+           'write_summary', 'main']
 
 # %% ../nbs/20_report.ipynb #c9069b3d
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -173,8 +174,16 @@ def prior_text(pc: dict) -> str:
     return f"a prior correction τ = {pc['tau']:g} (the predicted class favours the rare classes in close calls{how}), "
 
 
-def _recipe_note(p, train: dict, prior: dict) -> str:
-    "The training recipe and decisions of a run (params, metrics/train.json, the prior correction) as one clause."
+def context_text(ctx: dict) -> str:
+    "The decide stage's patient context (metrics/decide.json `context`) in words, ending ', '; '' when not used."
+    if not ctx.get("weight"):
+        return ""
+    return (f"the patient's age, sex and body site as evidence beside the image (naive Bayes from the training split, "
+            f"weight {ctx['weight']:.2f} chosen on validation), ")
+
+
+def _recipe_note(p, train: dict, prior: dict, context: dict | None = None) -> str:
+    "The training recipe and decisions of a run (params, metrics/train.json, the context, the prior correction)."
     ph1 = (f"phase 1 {p.train.phase1.epochs} epochs (head on the frozen backbone)" if p.train.phase1.epochs
            else "phase 1 skipped")
     ph2, best = p.train.phase2, train.get("best", {})
@@ -182,7 +191,7 @@ def _recipe_note(p, train: dict, prior: dict) -> str:
     views = f", the frozen part cached for {ph2.cache_views} dihedral views" if ph2.cache_views else ""
     balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
                                          ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
-    tau = f", {prior_text(prior).rstrip(', ')}" if prior.get("tau") else ""
+    tau = "".join(f", {t.rstrip(', ')}" for t in (context_text(context or {}), prior_text(prior)) if t)
     return (f"{ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, label smoothing "
             f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{tau}); best: phase {best.get('phase')}, "
             f"epoch {best.get('epoch')} by val {best.get('metric')}; trained on {train.get('device')}")
@@ -205,22 +214,31 @@ def results_table(run_dir: str | Path = ".") -> dict:
         return f"{v:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci and ci.get("low") is not None else f"{v:.3f}"
 
     model_name = f"{train.get('arch', test.get('model'))} ({p.prepare.image_size} px, weights {p.model.weights})"
-    cols = [f"Random forest (this run)", f"{model_name} (this run)"] + [r["name"] for r in REFERENCES]
+    decided = _load_json(run / "metrics/decide.json") or {}
+    context = decided.get("context") or {}
+    image_only = (test.get("context") or {}).get("image_only") if context.get("weight") else None
+    cols = ([f"Random forest (this run)", f"{model_name}{' + patient context' if image_only else ''} (this run)"]
+            + ([f"{model_name}, image only (this run)"] if image_only else []) + [r["name"] for r in REFERENCES])
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for k, label in RESULT_KEYS:
         vals = [cell(base["test"].get(k), base.get("test_ci", {}).get(k)), cell(test.get(k), test.get("ci", {}).get(k))]
+        vals += [cell(image_only.get(k), image_only["ci"].get(k))] if image_only else []
         vals += [f"{r[k]:.3f}" if k in r else "–" for r in REFERENCES]
         lines.append(f"| {label} | " + " | ".join(vals) + " |")
     data_note = (f"{man.get('count')} images ({'SYNTHETIC' if man.get('synthetic') else 'real HAM10000'}), "
                  f"test split {test.get('n')} images (lesion-disjoint); 95% CIs from 1,000 lesion resamples")
-    prior = (_load_json(run / "metrics/decide.json") or {}).get("prior_correction") or {}
-    recipe = f"{model_name}: {_recipe_note(p, train, prior)}"
+    recipe = f"{model_name}: {_recipe_note(p, train, decided.get('prior_correction') or {}, context)}"
     notes = [f"- **This run**: {data_note}. {recipe}. Random forest: {base.get('features')}, fit "
-             f"{_timings(run)['baseline'].get('fit_seconds', '–')} s."] + [f"- **{r['name']}** ({r['split']} split): {r['why']}." for r in REFERENCES]
+             f"{_timings(run)['baseline'].get('fit_seconds', '–')} s."]
+    notes += [f"- **{model_name}, image only (this run)**: the same model on the same test images without the "
+              "patient context, with its own decisions fitted on validation (as the literature rows use the image "
+              "alone)."] if image_only else []
+    notes += [f"- **{r['name']}** ({r['split']} split): {r['why']}." for r in REFERENCES]
     md = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     return {"profile": p.profile, "data": data_note, "model": model_name, "baseline_test": base["test"],
             "baseline_ci": base.get("test_ci"), "model_test": {k: test.get(k) for k, _ in RESULT_KEYS},
-            "model_ci": test.get("ci"), "decision": test.get("decision"), "references": REFERENCES,
+            "model_ci": test.get("ci"), "image_only_test": image_only, "decision": test.get("decision"),
+            "references": REFERENCES,
             "markdown": md}
 
 # %% ../nbs/20_report.ipynb #6413813e
