@@ -232,26 +232,26 @@ def context_for(files, metadata: str | Path | None = None, age=None, sex=None, s
 
 # %% ../nbs/14_decide.ipynb #8f867fc6
 def fit_context(table: pd.DataFrame, labels, age_edges=(20, 30, 40, 50, 60, 70, 80), n_classes: int = len(CLASSES),
-                alpha: float = 1.0) -> dict:
-    "Per field and known value: log p(value | class) − log p(value) and the image count, from the training split."
+                m: float = 10.0, min_images: int = 10) -> dict:
+    "Per field and value: log p(value | class) − log p(value) (m-estimate) and its training images; rare values skipped."
     from scipy.special import logsumexp
-    from sklearn.naive_bayes import CategoricalNB
 
     vals, y = context_values(table, age_edges), np.asarray(labels)
-    log_prior = np.log(class_prior(y, n_classes))[:, None]  # p(value) = Σ_k p(value | k) π_k
+    log_prior = np.log(class_prior(y, n_classes))[None, :]
     fields, counts = {}, {}
     for f in CONTEXT_FIELDS:
         known = vals[f].notna().to_numpy()
-        cats = sorted(set(vals[f][known]))
-        if not cats:
+        if not known.any():
             continue
-        codes = vals[f][known].map({c: j for j, c in enumerate(cats)}).to_numpy()[:, None]
-        nb = CategoricalNB(alpha=alpha, min_categories=len(cats)).partial_fit(codes, y[known], classes=np.arange(n_classes))
-        log_lik = nb.feature_log_prob_[0]  # (classes, values): log p(value | class)
-        ratio = log_lik - logsumexp(log_lik + log_prior, axis=0)
-        fields[f] = {c: [round(float(v), 6) for v in ratio[:, j]] for j, c in enumerate(cats)}
-        counts[f] = {c: int(n) for c, n in zip(cats, nb.category_count_[0].sum(0))}
-    return {"age_edges": [int(a) for a in age_edges], "alpha": alpha, "fields": fields, "counts": counts}
+        n = pd.crosstab(vals[f][known].to_numpy(), pd.Categorical(y[known], categories=range(n_classes)), dropna=False)
+        q = n.to_numpy(float).sum(1, keepdims=True) / known.sum()  # each value's share: the prior's centre
+        log_lik = np.log((n.to_numpy(float) + m * q) / (n.to_numpy(float).sum(0, keepdims=True) + m))
+        ratio = log_lik - logsumexp(log_lik + log_prior, axis=1, keepdims=True)  # p(value) = Σ_k p(value | k) π_k
+        counts[f] = {str(v): int(c) for v, c in zip(n.index, n.to_numpy().sum(1))}
+        fields[f] = {str(v): [round(float(r), 6) for r in ratio[j]] for j, v in enumerate(n.index)
+                     if counts[f][str(v)] >= min_images}
+    return {"age_edges": [int(a) for a in age_edges], "m": m, "min_images": min_images, "fields": fields,
+            "counts": counts}
 
 
 def context_log_ratio(context: dict, table: pd.DataFrame) -> np.ndarray:
@@ -273,20 +273,32 @@ def fuse_context(probs, log_ratio, weight: float) -> np.ndarray:
     return z / z.sum(1, keepdims=True)
 
 
-def fit_context_weight(probs, y, log_ratio, groups=None, n_boot: int = 1000, seed: int = 0,
-                       bounds=(0.0, 2.0)) -> dict:
-    "The NLL-minimizing weight on validation, kept (`weight`) only if the lesion-bootstrap 95% CI of its gain is > 0."
+def _best_weight(probs, y, log_ratio, bounds) -> float:
+    "The weight minimizing the NLL of `fuse_context` on these images."
     from scipy.optimize import minimize_scalar
 
-    y = np.asarray(y)
-    res = minimize_scalar(lambda w: nll(fuse_context(probs, log_ratio, w), y), bounds=bounds, method="bounded",
-                          options={"xatol": 1e-4})
-    loglik = lambda q: np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1))  # noqa: E731  (as `nll` clips)
-    gain = loglik(fuse_context(probs, log_ratio, res.x)) - loglik(np.asarray(probs, float))
-    ci = bootstrap_ratio(gain, np.ones(len(y), bool), np.arange(len(y)) if groups is None else groups, n_boot, seed)
+    return float(minimize_scalar(lambda w: nll(fuse_context(probs, log_ratio, w), y), bounds=bounds,
+                                 method="bounded", options={"xatol": 1e-4}).x)
+
+
+def fit_context_weight(probs, y, log_ratio, groups=None, n_boot: int = 1000, seed: int = 0, folds: int = 5,
+                       bounds=(0.0, 2.0)) -> dict:
+    "The NLL-minimizing weight on validation, kept (`weight`) only if its held-out gain has a 95% lesion CI above 0."
+    probs, y, log_ratio = np.asarray(probs, float), np.asarray(y), np.asarray(log_ratio, float)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    codes = pd.factorize(groups)[0]
+    fold = np.random.default_rng(seed).permutation(codes.max() + 1)[codes] % folds  # whole lesions per fold
+    loglik = lambda q, rows: np.log(np.clip(q[np.arange(len(rows)), y[rows]], 1e-12, 1))  # noqa: E731  (as `nll`)
+    gain = np.zeros(len(y))
+    for f in range(folds):
+        out, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        w_f = _best_weight(probs[rest], y[rest], log_ratio[rest], bounds)
+        gain[out] = loglik(fuse_context(probs[out], log_ratio[out], w_f), out) - loglik(probs[out], out)
+    ci = bootstrap_ratio(gain, np.ones(len(y), bool), groups, n_boot, seed)
+    w = _best_weight(probs, y, log_ratio, bounds)
     keep = ci["low"] is not None and ci["low"] > 0
-    return {"weight": float(res.x) if keep else 0.0, "fitted": float(res.x), "gain": ci["value"],
-            "gain_low": ci["low"], "gain_high": ci["high"], "n_boot": n_boot}
+    return {"weight": w if keep else 0.0, "fitted": w, "heldout_gain": ci["value"], "gain_low": ci["low"],
+            "gain_high": ci["high"], "folds": folds, "n_boot": n_boot}
 
 # %% ../nbs/14_decide.ipynb #5c21a27e
 @dataclass

@@ -89,6 +89,13 @@ MISTAKES = [
     (["export"], "artifacts/release/model.pt: model file not found"),
     (["predict", "x.jpg"], "artifacts/release/model.pt: model file not found; `derma-nb run` writes"),
     (["train"], "artifacts/prepared/images.npy: missing; run the prepare stage first"),
+    # the patient context given to predict: read before any model is loaded, each bad value named
+    (["predict", "x.jpg", "--site", "leg"], "--site: site 'leg' is not one of abdomen, acral, back"),
+    (["predict", "x.jpg", "--age", "200"], "--age: age '200' is not a number of years between 0 and 120"),
+    (["predict", "x.jpg", "--sex", "m"], "--sex: sex 'm' is not one of male, female"),
+    (["predict", "x.jpg", "--metadata", "no.csv"], "no.csv: metadata file not found"),
+    (["predict", "x.jpg", "--metadata", "notes.txt"], "notes.txt: needs a column image_id (or file)"),
+    (["predict", "x.jpg", "--metadata", "notes.txt", "--age", "40"], "not both"),
 ]
 
 

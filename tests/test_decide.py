@@ -1,10 +1,13 @@
 """Decisions fitted on validation (derma_nb.decide): the properties they promise, checked over many random draws."""
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 
 from derma_nb.config import CLASSES
-from derma_nb.decide import (Decision, calibrated_probs, class_prior, conformal_quantile, decide, describe,
-                             fit_prior_tau, fit_temperature, mel_threshold, nll, prediction_sets, prior_corrected)
+from derma_nb.decide import (Decision, calibrated_probs, class_prior, conformal_quantile, context_log_ratio, decide,
+                             describe, fit_context, fit_prior_tau, fit_temperature, mel_threshold, nll, prediction_sets,
+                             prior_corrected)
 from derma_nb.metrics import label_metrics
 
 K, MEL = len(CLASSES), CLASSES.index("mel")
@@ -127,3 +130,67 @@ def test_decide_with_tau_stores_prior_and_predict_and_sets_follow_it():
     assert fixed.tau == 0.5 and fixed.prior_fit == {}
     off = decide(logits[None, :2000], y[:2000], prior=prior)
     assert off.tau == 0.0 and off.prior == [] and (off.predict(p) == p.argmax(1)).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the patient context: likelihood ratios from the training split, a weight from validation, kept only when real
+# ---------------------------------------------------------------------------------------------------------------
+def context_draw(n, seed, informative=True):
+    "HAM10000-like labels, weak image logits with the prior, and a site that tells `bcc` (face) from `nv` (back) when informative."
+    rng, shares = np.random.default_rng(seed), np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
+    y = rng.choice(K, n, p=shares)
+    z = rng.normal(0, 1, (n, K)) + np.log(shares)  # calibrated for this population: the prior is in the image scores
+    z[np.arange(n), y] += 1.0
+    face = np.where(y == 1, 0.7, np.where(y == 5, 0.1, 0.4)) if informative else np.full(n, 0.3)
+    table = pd.DataFrame({"age": rng.integers(5, 90, n).astype(float), "sex": rng.choice(["male", "female"], n),
+                          "localization": np.where(rng.random(n) < face, "face", "back")})
+    return y, z, table
+
+
+def test_context_weight_is_rarely_kept_for_a_context_that_says_nothing():
+    "The lesion-bootstrap guard: over 20 draws of an uninformative context, at most 3 weights kept (5% nominal)."
+    kept = 0
+    for seed in range(20):
+        y, z, table = context_draw(1600, seed, informative=False)
+        ctx = fit_context(table[:800], y[:800])
+        d = decide(z[800:][None], y[800:], context=ctx, table=table[800:], groups=np.arange(800) // 2, seed=seed)
+        kept += d.uses_context
+    assert kept <= 3, kept
+
+
+def test_an_informative_context_is_kept_and_helps_on_held_out_images():
+    for seed in range(3):
+        y, z, table = context_draw(3000, seed)
+        ctx = fit_context(table[:1500], y[:1500])
+        d = decide(z[1500:2250][None], y[1500:2250], context=ctx, table=table[1500:2250], groups=np.arange(750))
+        assert d.uses_context and 0 < d.context["weight"] <= 2
+        held, t = z[2250:], table[2250:]
+        assert nll(d.probs(held, t), y[2250:]) < nll(d.probs(held), y[2250:])
+
+
+def test_context_ratios_are_likelihood_ratios_and_unknowns_add_nothing():
+    y, z, table = context_draw(2000, 0)
+    ctx = fit_context(table, y)
+    prior = class_prior(y)
+    for f, vals in ctx["fields"].items():
+        for v, r in vals.items():  # p(value) = Σ_k π_k p(value | k): the ratios average to 1 under the prior
+            assert abs(np.dot(prior, np.exp(r)) - 1) < 1e-5, (f, v)
+    unknown = pd.DataFrame({"age": [np.nan], "sex": ["unknown"], "localization": [""]})
+    np.testing.assert_array_equal(context_log_ratio(ctx, unknown), np.zeros((1, K)))
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"real data not found at {SHARED_DATA}")
+def test_context_on_real_ham10000_says_what_dermatologists_know():
+    "Counted on the real training split: the face for keratoses and carcinomas, the legs for dermatofibroma, age."
+    from derma_nb.split import lesion_split
+
+    meta = pd.read_csv(SHARED_DATA / "HAM10000_metadata.csv")
+    train = meta[(lesion_split(meta, seed=0) == "train").to_numpy()]
+    ctx = fit_context(train, train.dx.map(CLASSES.index).to_numpy())
+    ratio = lambda f, v, c: float(np.exp(ctx["fields"][f][v][CLASSES.index(c)]))  # noqa: E731
+    assert ratio("localization", "face", "akiec") > 2 and ratio("localization", "face", "bcc") > 2
+    assert ratio("localization", "face", "nv") < 0.5
+    assert ratio("localization", "lower extremity", "df") > 2
+    assert ratio("age", "≥ 80", "bcc") > 2 and ratio("age", "≥ 80", "nv") < 0.5
+    assert ratio("age", "20–29", "nv") > 1 > ratio("age", "20–29", "bcc")
+    assert "acral" not in ctx["fields"]["localization"]  # a handful of training images: no evidence
