@@ -282,8 +282,8 @@ def _best_weight(probs, y, log_ratio, bounds) -> float:
 
 
 def fit_context_weight(probs, y, log_ratio, groups=None, n_boot: int = 1000, seed: int = 0, folds: int = 5,
-                       bounds=(0.0, 2.0)) -> dict:
-    "The NLL-minimizing weight on validation, kept (`weight`) only if its held-out gain has a 95% lesion CI above 0."
+                       bounds=(0.0, 2.0), level: float = 0.68) -> dict:
+    "The NLL-minimizing weight on validation, kept (`weight`) only if its held-out gain is a standard error above 0."
     probs, y, log_ratio = np.asarray(probs, float), np.asarray(y), np.asarray(log_ratio, float)
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     codes = pd.factorize(groups)[0]
@@ -294,11 +294,11 @@ def fit_context_weight(probs, y, log_ratio, groups=None, n_boot: int = 1000, see
         out, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
         w_f = _best_weight(probs[rest], y[rest], log_ratio[rest], bounds)
         gain[out] = loglik(fuse_context(probs[out], log_ratio[out], w_f), out) - loglik(probs[out], out)
-    ci = bootstrap_ratio(gain, np.ones(len(y), bool), groups, n_boot, seed)
+    ci = bootstrap_ratio(gain, np.ones(len(y), bool), groups, n_boot, seed, alpha=1 - level)  # 68%: ± one SE
     w = _best_weight(probs, y, log_ratio, bounds)
     keep = ci["low"] is not None and ci["low"] > 0
     return {"weight": w if keep else 0.0, "fitted": w, "heldout_gain": ci["value"], "gain_low": ci["low"],
-            "gain_high": ci["high"], "folds": folds, "n_boot": n_boot}
+            "gain_high": ci["high"], "level": level, "folds": folds, "n_boot": n_boot}
 
 # %% ../nbs/14_decide.ipynb #5c21a27e
 @dataclass
