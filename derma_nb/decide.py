@@ -257,7 +257,7 @@ def fit_context(table: pd.DataFrame, labels, age_edges=(20, 30, 40, 50, 60, 70, 
 def context_log_ratio(context: dict, table: pd.DataFrame) -> np.ndarray:
     "(N, classes): the summed log likelihood ratios of each image's known context values (0 where none is known)."
     vals = context_values(table, context["age_edges"])
-    k = len(next(iter(next(iter(context["fields"].values())).values()))) if context["fields"] else len(CLASSES)
+    k = next((len(r) for seen in context["fields"].values() for r in seen.values()), len(CLASSES))
     out = np.zeros((len(vals), k))
     for f, ratios in context["fields"].items():
         for i, v in enumerate(vals[f]):
@@ -355,9 +355,9 @@ def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensit
         if table is None or len(table) != len(y_val):
             raise ValueError("a context decision needs the validation images' table (age, sex, localization), one row each")
         ratio = context_log_ratio(context, table)
-        fit = fit_context_weight(p, y_val, ratio, groups, n_boot, seed)
-        ctx = {"weight": fit["weight"], "fit": fit, **context}  # weight 0: fitted, not used (see `fit`)
-        p = fuse_context(p, ratio, fit["weight"])
+        weight = fit_context_weight(p, y_val, ratio, groups, n_boot, seed)
+        ctx = {"weight": weight["weight"], "fit": weight, **context}  # weight 0: fitted, not used (see `fit`)
+        p = fuse_context(p, ratio, weight["weight"])
     fit = {}
     if tau == "fit":
         if prior is None:
