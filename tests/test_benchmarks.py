@@ -122,3 +122,17 @@ def test_prior_shift_adjustment():
     assert ps.adjusted(probs, prior, 1.0).tolist() == [1, 2]  # τ = 1: 0.6/0.7 < 0.3/0.2; uniform -> rarest class
     s = ps.scores(np.array([4, 4, 5, 5]), np.array([4, 5, 5, 5]))
     assert s["mel_recall"] == 0.5 and s["balanced_accuracy"] == 0.75
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "ham10000").exists(), reason="real data not found")
+def test_context_gain_on_the_committed_gpu_logits(capsys):
+    "tools/context_gain.py runs the pipeline's decide with and without the context on stored logits, both on test."
+    spec = importlib.util.spec_from_file_location("context_gain", ROOT / "tools" / "context_gain.py")
+    cg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cg)
+    assert cg.main([str(ROOT / "reports" / "gpu" / "recipe_real_lr1e3_logits.npz")]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| recipe_real")]
+    assert [r[1] for r in rows] == ["image only", "image + context"]
+    assert float(rows[0][2]) == 0 and float(rows[1][2]) > 0  # the weight: kept on this model's validation split
+    assert float(rows[1][7].rstrip(" |")) > float(rows[0][7].rstrip(" |"))  # the context raises test macro AUC
