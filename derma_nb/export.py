@@ -301,8 +301,8 @@ def context_line(pred: Predictor, given: bool) -> str:
         return (f"patient context (age, sex, site) weighed in where known (weight {cd.context['weight']:.2f}, chosen on "
                 "validation)" if cd else "no patient context stored with this model: the age, sex and site given are "
                                          "NOT used")
-    return ("image only: no age, sex or site given (the model can use them: --age/--sex/--site or --metadata)"
-            if cd else "image only")
+    return ("image only: no age, sex or site given (this model can weigh them in beside the image)" if cd else
+            "image only")
 
 
 def model_line(pred: Predictor, context: bool = False) -> str:
