@@ -235,18 +235,18 @@ class Predictor:
                .reshape(self.views, len(x[s:s + step]), -1) for s in range(0, len(x), step)]
         return np.concatenate(out, 1) if out else np.zeros((self.views, 0, len(self.classes)), dtype=np.float32)
 
-    def decision_for_context(self, context: pd.DataFrame | None = None) -> Decision | None:
-        "The stored decision for images given with a context table (age, sex, site) or without one (None)."
-        return self.context_decision if context is not None and self.context_decision else self.decision
+    def decision_used(self, with_context: bool) -> Decision | None:
+        "The stored decision for images given with age, sex or site (`with_context`), or without them."
+        return self.context_decision if with_context and self.context_decision else self.decision
 
     def predict_arrays(self, images, context: pd.DataFrame | None = None) -> np.ndarray:
         "Probabilities (B, classes): the stored views and calibration, and the patient context when given (a table)."
-        logits, d = self.predict_logits(images), self.decision_for_context(context)
+        logits, d = self.predict_logits(images), self.decision_used(context is not None)
         return d.probs(logits, context) if d else calibrated_probs(logits)
 
     def predicted_classes(self, probs, context: pd.DataFrame | None = None) -> np.ndarray:
         "Class indices of probabilities (N, classes): the stored decision's (prior-corrected when τ > 0), else argmax."
-        d = self.decision_for_context(context)
+        d = self.decision_used(context is not None)
         return d.predict(probs) if d else np.asarray(probs).argmax(1)
 
     def predict_files(self, paths, context: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -265,7 +265,7 @@ class Predictor:
 
     def describe_files(self, paths, context: pd.DataFrame | None = None) -> list[dict]:
         "Per file: top class and probability, the prediction set, the melanoma flag, the context used."
-        df, d = self.predict_files(paths, context), self.decision_for_context(context)
+        df, d = self.predict_files(paths, context), self.decision_used(context is not None)
         probs = df[[f"prob_{c}" for c in self.classes]].to_numpy()
         given = [None] * len(df) if context is None else context_given(context)
         return [{"file": f, **describe(p, d, self.classes), "context": g} for f, p, g in zip(df.path, probs, given)]
@@ -307,7 +307,7 @@ def context_line(pred: Predictor, given: bool) -> str:
 
 def model_line(pred: Predictor, context: bool = False) -> str:
     "One paragraph on the model: file, backbone, size, views, calibration, context, the melanoma threshold, the sets."
-    d, m = pred.decision_for_context(True if context else None), pred.meta
+    d, m = pred.decision_used(context), pred.meta
     parts = [f"model {pred.path}: {m.get('arch', '?')}, {pred.image_size} px, {pred.views} test-time view(s)"]
     if d is not None:
         parts += [f"calibrated (T = {d.temperature:.2f})", context_line(pred, context)]
@@ -333,7 +333,7 @@ def _context_text(given: dict | None) -> str:
 
 def predict_table(pred: Predictor, rows: list[dict], context: bool = False) -> str:
     "What `derma-nb predict` prints for people: the notice, the synthetic warning, the model, a line per image."
-    d = pred.decision_for_context(True if context else None)
+    d = pred.decision_used(context)
     cover = f"{100 * (1 - d.conformal['alpha']):.0f}% set" if d and d.conformal else "set"
     lines = [NOTICE] + ([SYNTHETIC_WARNING] if pred.synthetic else []) + [model_line(pred, context), ""]
     moved = [r["top_class"] != r.get("most_probable_class", r["top_class"]) for r in rows]

@@ -58,7 +58,7 @@ def external_results(prep, probs: np.ndarray, pred: Predictor, n_boot: int = 100
                      min_subgroup: int = 30) -> dict:
     "Metrics with lesion-bootstrap CIs, calibration, the stored decisions and subgroups on every image of `prep`."
     t = prep.table.loc[prep.rows("test")]
-    y, groups, d = t.label.to_numpy(), t.group.to_numpy(), pred.decision_for_context(t)
+    y, groups, d = t.label.to_numpy(), t.group.to_numpy(), pred.decision_used(True)
     y_pred = pred.predicted_classes(probs, t)  # the stored decision's classes (with the patient context if stored)
     m = classification_metrics(y, probs, y_pred=y_pred)
     onehot = np.eye(len(CLASSES))[y]

@@ -127,7 +127,7 @@ def form_context(age: str | None, sex: str | None, site: str | None):
 def _prediction(served: ServedModel, probs: np.ndarray, name: str, t0: float, context=None) -> dict:
     "The JSON answer for one image: `probs` the image-only probabilities, combined here with its context if given."
     p = served.predictor
-    d = p.decision_for_context(context)
+    d = p.decision_used(context is not None)
     probs = d.fuse(probs[None], context)[0] if d else probs  # same temperature: both decisions share it
     return {"file": name, **describe(probs, d, p.classes), "notice": NOTICE,
             "synthetic_model": bool(p.synthetic), "warning": SYNTHETIC_WARNING if p.synthetic else None,
