@@ -191,9 +191,9 @@ def _recipe_note(p, train: dict, prior: dict, context: dict | None = None) -> st
     views = f", the frozen part cached for {ph2.cache_views} dihedral views" if ph2.cache_views else ""
     balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
                                          ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
-    tau = "".join(f", {t.rstrip(', ')}" for t in (context_text(context or {}), prior_text(prior)) if t)
+    decided = "".join(f", {t.rstrip(', ')}" for t in (context_text(context or {}), prior_text(prior)) if t)
     return (f"{ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, label smoothing "
-            f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{tau}); best: phase {best.get('phase')}, "
+            f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{decided}); best: phase {best.get('phase')}, "
             f"epoch {best.get('epoch')} by val {best.get('metric')}; trained on {train.get('device')}")
 
 # %% ../nbs/20_report.ipynb #b414a9e3
