@@ -72,7 +72,12 @@ def fit_random_forest(X: np.ndarray, y: np.ndarray, n_estimators: int = 300, max
 def predict_proba_full(model, X: np.ndarray, n_classes: int = len(CLASSES)) -> np.ndarray:
     "Class probabilities (N, n_classes) in label order, zero for classes the model never saw."
     p = np.zeros((len(X), n_classes))
-    p[:, model.classes_.astype(int)] = model.predict_proba(X)
+    n_jobs = model.n_jobs
+    try:
+        model.n_jobs = 1  # the trees' probabilities added in their order, not in the order threads finish
+        p[:, model.classes_.astype(int)] = model.predict_proba(X)
+    finally:
+        model.n_jobs = n_jobs
     return p
 
 # %% ../nbs/10_baseline.ipynb #210e420e

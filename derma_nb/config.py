@@ -276,6 +276,7 @@ class Params:
     profile: Str = "sample"
     seed: Int = Field(0, ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    cpu_kernels: Literal["portable", "native"] = "portable"
     data: DataParams = field(default_factory=DataParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
     model: ModelParams = field(default_factory=ModelParams)

@@ -63,6 +63,7 @@ def _export_legacy(model, dummy, path, opset):
         warnings.filterwarnings("ignore", category=FutureWarning)
         torch.onnx.export(model, (dummy,), str(path), input_names=["image"], output_names=["logits"],
                           opset_version=opset, dynamo=False, do_constant_folding=True,
+                          training=torch.onnx.TrainingMode.PRESERVE,  # batch norm as nodes: see the design notes
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
 
 

@@ -109,8 +109,9 @@ def trunk_key(model: Classifier, images: np.ndarray, train_rows, val_rows, unfre
         for s in range(0, len(rows), 512):
             h.update(np.ascontiguousarray(images[rows[s:s + 512]]).tobytes())
     dev = torch.device(device)
+    kernels = (torch.backends.cpu.get_cpu_capability(), *map(os.environ.get, ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")))
     h.update(repr((unfreeze, views, batch_size, dev.type, str(amp_dtype(dev, amp)), channels_last,
-                   torch.get_num_threads(), torch.__version__)).encode())
+                   torch.get_num_threads(), torch.__version__, kernels)).encode())
     return h.hexdigest()
 
 

@@ -239,6 +239,7 @@ def summary_text(run: PipelineRun, root: str | Path = ".", prepared: str = "arti
     if is_synthetic(root, prepared, data):
         lines += [f"> {SYNTHETIC_BANNER}", ""]
     cmd = " ".join(run.cmd[2:] if run.cmd[1:2] == ["-m"] else run.cmd) or "derma-nb run"
+    cmd = _clip(" ".join(cmd.split()), 120)  # one line: a long command is cut here, not the summary's decision
     lines += [f"`{cmd}`: exit code {run.rc if run.rc is not None else '–'} after {run.seconds:.1f} s, finished "
               f"{when}; code commit `{git_commit(root)}`.", ""]
     if run.rc != 0:

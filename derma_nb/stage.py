@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .config import Params, get_dotted, load_params, log, set_dotted
-from .runtime import pick_device, seed_everything
+from .runtime import cpu_arithmetic, pick_device, portable_env, seed_everything
 
 # %% auto #0
 __all__ = ['STAGE_TITLES', 'SYNTHETIC_BANNER', 'select_params', 'git_commit', 'run_identity', 'read_manifest', 'log_to_stderr',
@@ -85,11 +85,14 @@ class Stage:
         self.log = self._cm.__enter__()
         # seed after the tracker starts: ClearML's Task.init may move the global random state
         self.seed_info = seed_everything(self.p.seed)
+        self.arithmetic = cpu_arithmetic(self.p.cpu_kernels)
         self.device = pick_device(self.p.device)
-        self.log.properties(commit=git_commit(), seed=self.p.seed, device=str(self.device), **self._data_properties())
+        self.log.properties(commit=git_commit(), seed=self.p.seed, device=str(self.device), **self.arithmetic,
+                            **self._data_properties())
         self._closed = False
         self._hook()
-        log.info("%s: %s, seed %d, device %s", name, self._identity(), self.p.seed, self.device)
+        log.info("%s: %s, seed %d, device %s, %s CPU kernels", name, self._identity(), self.p.seed, self.device,
+                 self.arithmetic["cpu_kernels"])
 
     def _describe(self, manifest: dict):
         "The data this stage works on: its manifest, kind (synthetic/real), the run id, the task's tags."
@@ -242,11 +245,13 @@ def run_stage(name: str, params_path: str = "params.yaml", stages_dir: str | Pat
     # the kernel's own start-up notices ("running over TCP without encryption": a local kernel on loopback) and
     # tqdm's "IProgress not found" (no ipywidgets in a headless run) say nothing about the stage
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))
+    p = load_params(params_path)
+    if p.cpu_kernels == "portable":  # read by the libraries as they load in the kernel: set before it starts
+        os.environ.update(portable_env())
     pm.execute_notebook(src, out, parameters={"params_path": params_path}, cwd=".", progress_bar=False,
                         log_output=False, stderr_file=sys.stderr, kernel_name="python3",
                         extra_arguments=["--IPKernelApp.log_level=ERROR"])
     strip_run_noise(out)  # a failed run keeps its times: papermill raises before this line
-    p = load_params(params_path)
     manifest = read_manifest(p)
     header = page_header(name, bool(manifest.get("synthetic")), run_identity(params_path, manifest), p.profile)
     return render_html(out, f"{STAGE_TITLES[name]} — derma-nb", header)

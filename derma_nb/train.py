@@ -101,9 +101,10 @@ class FitState:
     complete: bool = False
 
 
-def run_key(cfg: TrainParams, seed: int, prep: PreparedData, model: nn.Module) -> str:
+def run_key(cfg: TrainParams, seed: int, prep: PreparedData, model: nn.Module, fused_optimizer: bool = False) -> str:
     "Identity of a training run: settings + seed + dataset + initial weights; a checkpoint resumes only the same run."
-    h = hashlib.sha256(json.dumps({**asdict(cfg), "seed": seed}, sort_keys=True, default=str).encode())
+    fused = {"fused_optimizer": True} if fused_optimizer else {}
+    h = hashlib.sha256(json.dumps({**asdict(cfg), "seed": seed, **fused}, sort_keys=True, default=str).encode())
     h.update(str(prep.manifest.get("dataset_sha256")).encode() + str(prep.manifest.get("image_size")).encode())
     h.update(model.arch.encode())
     for v in list(model.state_dict().values())[:3]:
@@ -146,6 +147,7 @@ class Fit:
     progress: bool = False
     on_epoch: Callable[[dict], None] | None = None
     cache: FrozenCache | None = None
+    fused_optimizer: bool = False
 
     def __post_init__(self):
         self.tr, self.va = self.prep.rows("train"), self.prep.rows("val")
@@ -299,7 +301,8 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
     ph = (fit.cfg.phase1, fit.cfg.phase2)[pi]
     _start_phase(fit, pi, state, saved)
     opt = torch.optim.AdamW(param_groups(fit.model, ph.unfreeze, ph.lr, ph.weight_decay,
-                                         ph.lr * ph.head_lr_factor), lr=ph.lr, weight_decay=ph.weight_decay)
+                                         ph.lr * ph.head_lr_factor), lr=ph.lr, weight_decay=ph.weight_decay,
+                            fused=fit.fused_optimizer or None)
     t_in = time.perf_counter()
     kind, x_tr, x_va = phase_inputs(fit, pi, ph)
     if kind == "features":
@@ -352,7 +355,7 @@ def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
 def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_dir: str | Path, device="cpu",
                   seed: int = 0, checkpoint_dir: str | Path | None = None,
                   resume: bool = True, on_epoch: Callable[[dict], None] | None = None,
-                  progress: bool = False) -> FitResult:
+                  progress: bool = False, fused_optimizer: bool = False) -> FitResult:
     "Phase 1 (head on the frozen backbone) then phase 2 (fine-tune), resumable; the model ends with the best weights."
     device, out = torch.device(device), Path(out_dir)
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
@@ -363,8 +366,9 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     model.to(device)
     if cl:
         model.to(memory_format=torch.channels_last)
-    fit = Fit(model, prep, cfg, seed, device, ck_dir, channels_last=cl, progress=progress, on_epoch=on_epoch)
-    fit.key = run_key(cfg, seed, prep, model)
+    fit = Fit(model, prep, cfg, seed, device, ck_dir, channels_last=cl, progress=progress, on_epoch=on_epoch,
+              fused_optimizer=fused_optimizer)
+    fit.key = run_key(cfg, seed, prep, model, fused_optimizer)
     state, ck = _resume(fit, resume)
     p2 = cfg.phase2
     if p2.cache_views and p2.epochs and not state.complete:  # the frozen trunk, run once for both phases
@@ -415,7 +419,7 @@ def train_model(p: Params, device, on_epoch: Callable[[dict], None] | None = Non
     prep = load_prepared(p.prepare.out)
     model = build_model(p.model.arch, p.model.weights, dropout=p.model.dropout)
     res = two_phase_fit(model, prep, p.train, p.train.out, device, p.seed, p.train.checkpoints,
-                        resume, on_epoch, progress)
+                        resume, on_epoch, progress, fused_optimizer=p.cpu_kernels == "portable")
     if ranks().main:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
         res.history.drop(columns=list(TIMING_COLUMNS)).to_csv(Path(plots_dir) / "history.csv", index=False)

@@ -10,7 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-ALWAYS = {"profile", "seed", "device", "tracking"}  # every stage tags its task with these (profile, seed, device)
+ALWAYS = {"profile", "seed", "device", "cpu_kernels", "tracking"}  # every stage reads these (its task, its arithmetic)
 
 
 def derma_imports(source: str) -> set[str]:
@@ -70,6 +70,12 @@ def test_notebook_stage_lists_exactly_the_params_it_reads(name):
     listed = set(stage["params"])
     assert set(keys) | ALWAYS >= listed, f"{name} lists params it does not read: {sorted(listed - set(keys) - ALWAYS)}"
     assert set(keys) <= listed, f"{name} reads params dvc.yaml does not list: {sorted(set(keys) - listed)}"
+
+
+@pytest.mark.parametrize("name", [n for n, s in PIPELINE["stages"].items() if s["cmd"].startswith("${notebook}")])
+def test_notebook_stage_reruns_when_the_cpu_arithmetic_changes(name):
+    "Every stage notebook computes with the kernels `cpu_kernels` chooses (its Stage sets them up), so DVC must see it."
+    assert "cpu_kernels" in PIPELINE["stages"][name]["params"]
 
 
 def test_the_notebook_command_is_written_once():

@@ -70,7 +70,7 @@ def test_run_wrote_its_summary(run):
 STAGES = ("prepare", "eda", "baseline", "train", "decide", "evaluate", "explain", "export")
 KEY_SECTIONS = {
     "prepare": ["Data preparation", "What was not taken as it is", "Lesion groups and the split", "SYNTHETIC"],
-    "export": ["ONNX export", "max_abs_logit_diff", "Sidecar"],
+    "export": ["ONNX export", "ONNX Runtime agrees with PyTorch", "Sidecar"],
     "eda": ["Class distribution", "imbalance ratio", "Missing values", "Images per lesion", "lesion-disjoint",
             "Lesion overlap between splits"],
     "baseline": ["Fitted", "Per-class recall", "Metrics"],
