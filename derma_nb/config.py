@@ -191,6 +191,7 @@ class TrainParams:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     augment: AugmentParams = field(default_factory=AugmentParams)
+    bn_stats: Literal["auto", "frozen", "batch"] = "auto"
     out: Str = "artifacts/model"
     checkpoints: Str = "artifacts/checkpoints"
     trunk_cache: Str = ""

@@ -121,9 +121,9 @@ def load_timm(arch: str, weights: str = "none") -> nn.Module:
 class Classifier(nn.Module):
     "Images in [0,1] → the backbone's normalization → pooled features → dropout + linear head over CLASSES."
 
-    def __init__(self, body: nn.Module, head: nn.Module, mean, std, arch: str = ""):
+    def __init__(self, body: nn.Module, head: nn.Module, mean, std, arch: str = "", pretrained: bool = False):
         super().__init__()
-        self.arch, self.body, self.head = arch, body, head
+        self.arch, self.body, self.head, self.pretrained = arch, body, head, pretrained
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -147,7 +147,7 @@ def build_model(arch: str = "tf_efficientnet_lite0", weights: str = "none", num_
         net = load_timm(arch, weights)
         n, mean, std = net.num_features, net.pretrained_cfg["mean"], net.pretrained_cfg["std"]
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n, num_classes)) if dropout else nn.Linear(n, num_classes)
-    return Classifier(net, head, mean, std, arch)
+    return Classifier(net, head, mean, std, arch, pretrained=weights != "none")
 
 # %% ../nbs/07_model.ipynb #434f67bb
 def stages(model: Classifier) -> list[list[str]]:
@@ -178,12 +178,15 @@ def set_trainable(model: Classifier, unfreeze: int | str) -> Classifier:
     return model
 
 
-def train_mode(model: Classifier, unfreeze: int | str) -> Classifier:
-    "model.train(), but BatchNorm layers outside the trained stages stay in eval mode (frozen means frozen)."
+def train_mode(model: Classifier, unfreeze: int | str, bn_stats: str = "batch") -> Classifier:
+    "model.train(), but BatchNorm layers outside the trained stages (all of them with `bn_stats='frozen'`) stay in eval mode."
+    if bn_stats not in ("batch", "frozen"):
+        raise ValueError(f"bn_stats must be 'batch' or 'frozen', got {bn_stats!r}")
     model.train()
-    pre = trainable_prefixes(model, unfreeze)
+    moving = trainable_prefixes(model, unfreeze)  # the stages whose BatchNorm statistics may follow the batches
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not (name + ".").startswith(pre):
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (bn_stats == "frozen" or
+                                                                 not (name + ".").startswith(moving)):
             mod.eval()
     return model
 

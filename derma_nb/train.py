@@ -157,6 +157,9 @@ class Fit:
         self.loss_fn = nn.CrossEntropyLoss(weight=w, label_smoothing=self.cfg.label_smoothing)
         self.val_loss_fn = nn.CrossEntropyLoss(weight=w)
         self.augment = BatchAugment(**asdict(self.cfg.augment))
+        # "auto": a pretrained network keeps its BatchNorm statistics while it is fine-tuned (`derma_nb.model.train_mode`)
+        self.bn_stats = (self.cfg.bn_stats if self.cfg.bn_stats != "auto" else
+                         "frozen" if getattr(self.model, "pretrained", False) else "batch")
         self.last, self.best_path = self.ck_dir / "last.pt", self.ck_dir / "best.pt"
 
 # %% ../nbs/13_train.ipynb #aa8568a5
@@ -317,7 +320,7 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
         es = epoch_seed(fit.seed, pi, state.epoch, ranks().rank)
         torch.manual_seed(es)  # dropout and anything else drawing from the global generator
         g = torch.Generator(device=fit.device if kind == "images" else "cpu").manual_seed(es)
-        fit.model.head.train() if kind == "features" else train_mode(fit.model, ph.unfreeze)
+        fit.model.head.train() if kind == "features" else train_mode(fit.model, ph.unfreeze, fit.bn_stats)
         t0, lr = time.perf_counter(), sched.get_last_lr()[0]
         stats = run_epoch(net, _batches(fit, pi, state.epoch, kind), _to_input(fit, ph, kind, x_tr, g), opt, sched,
                           fit.loss_fn, scaler, fit.amp, fit.device, f"phase{pi + 1} epoch {state.epoch + 1}",
@@ -338,6 +341,7 @@ class FitResult:
     timings: dict
     device: str
     world_size: int = 1
+    bn_stats: str = "batch"
 
 
 def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
@@ -391,7 +395,7 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     broadcast_module(model)
     barrier()
     return FitResult(pd.DataFrame(state.history), dict(state.best), out / "best.pt", state.timings, str(device),
-                     ranks().world_size)
+                     ranks().world_size, fit.bn_stats)
 
 # %% ../nbs/13_train.ipynb #5d1fb839
 TIMING_COLUMNS = ("seconds", "images_per_s")
@@ -402,7 +406,7 @@ def train_summary(res: FitResult, p: Params) -> dict:
     "metrics/train.json: the best epoch and its validation metrics, epochs run, device, model (no timings)."
     b = res.best
     return {"best": {k: b[k] for k in ("metric", "value", "phase", "epoch", "step")}, "best_val": b["val"],
-            "epochs_run": len(res.history), "device": res.device, "world_size": res.world_size,
+            "epochs_run": len(res.history), "device": res.device, "world_size": res.world_size, "bn_stats": res.bn_stats,
             "arch": p.model.arch, "weights": p.model.weights}
 
 
