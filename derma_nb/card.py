@@ -292,7 +292,8 @@ def markdown_page(md: str, title: str) -> str:
     body = mistune.create_markdown(plugins=["table"])(md)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}blockquote{{background:#fcf3cf;color:#7d6608;margin:1em 0;padding:.6em 1em;"
-            f"border-left:4px solid #b7950b}}img{{max-width:100%}}</style></head><body><p><a href='index.html'>"
+            f"border-left:4px solid #b7950b}}img{{max-width:100%}}td[style*=right]{{white-space:nowrap}}</style></head><body>"
+            f"<p><a href='index.html'>"
             f"← report index</a></p>{body}</body></html>\n")
 
 
