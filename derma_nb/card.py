@@ -6,18 +6,19 @@
 from __future__ import annotations
 
 import html
+import re
 import time
 from pathlib import Path
 
 from .config import load_params
 import pandas as pd
 
-from .metrics import HEADLINE, ci_text, subgroup_display
-from .report import _CSS, _fmt, _load_json, context_text, prior_text
+from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
+from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, prior_text
 from .stage import run_identity
 
 # %% auto #0
-__all__ = ['SYNTHETIC_NOTE', 'INTENDED_USE', 'card_facts', 'model_section', 'data_section', 'metrics_section',
+__all__ = ['SYNTHETIC_NOTE', 'INTENDED_USE', 'card_facts', 'training_text', 'model_section', 'data_section', 'metrics_section',
            'calibration_section', 'operating_section', 'conformal_section', 'subgroup_section', 'limits_section',
            'card_markdown', 'markdown_page', 'write_model_card']
 
@@ -27,47 +28,88 @@ def card_facts(root: str | Path = ".", params_path: str = "params.yaml") -> dict
     root = Path(root)
     p = load_params(root / params_path)
     man = _load_json(root / p.prepare.out / "manifest.json")
-    return {"params": p, "manifest": man, "synthetic": bool(man.get("synthetic")),
+    splits = root / p.prepare.out / "splits.csv"
+    return {"params": p, "manifest": man, "synthetic": bool(man.get("synthetic")), "history": _history(root),
+            "splits": pd.read_csv(splits, usecols=["dx", "dx_type"]) if splits.exists() else None,
             "test": _load_json(root / "metrics/test.json"), "decide": _load_json(root / "metrics/decide.json"),
             "train": _load_json(root / "metrics/train.json"), "baseline": _load_json(root / "metrics/baseline.json"),
             "run_id": run_identity(root / params_path, man)}
 
 # %% ../nbs/21_card.ipynb #c6b4035c
+_NUMBERISH = re.compile(r"^\s*(?:[<>≤≥]\s*)?[+\-−–]?\d|^–")
+
+
 def _table(header: list[str], rows: list[list]) -> str:
-    "A Markdown table."
-    cells = lambda r: "| " + " | ".join("–" if v is None else str(v) for v in r) + " |"  # noqa: E731
-    return "\n".join([cells(header), cells(["---"] * len(header)), *map(cells, rows)]) + "\n"
+    "A Markdown table: text columns left-aligned, columns of numbers (and intervals) right-aligned."
+    text = lambda v: "–" if v is None else str(v)  # noqa: E731
+    cells = lambda r: "| " + " | ".join(map(text, r)) + " |"  # noqa: E731
+    numeric = [all(_NUMBERISH.match(text(r[j])) for r in rows if text(r[j])) and any(text(r[j]) for r in rows)
+               for j in range(len(header))]
+    return "\n".join([cells(header), cells(["---:" if n else ":---" for n in numeric]), *map(cells, rows)]) + "\n"
 
 # %% ../nbs/21_card.ipynb #070a269a
 SYNTHETIC_NOTE = ("**SYNTHETIC DATA.** This model was trained and evaluated on the synthetic sample that ships with "
                   "derma-nb — drawn shapes, not patient images. Every number below tests the pipeline, not "
                   "dermoscopy; the model must not be used on real images.")
 
+_RESIZE = {"center_crop": "centre-cropped to a square", "pad": "padded to a square"}
+_WEIGHTS = {"imagenet": "ImageNet", "none": "none (trained from scratch)"}
+
+
+def _trains(unfreeze) -> str:
+    "What a training phase trains, in words."
+    return ("the whole network" if unfreeze == "all" else "the head on the frozen backbone" if unfreeze == 0 else
+            "the last stage and the head" if unfreeze == 1 else f"the last {unfreeze} stages and the head")
+
+
+def training_text(f: dict) -> str:
+    "The training recipe from params, the epoch kept and — from the history — which phase it came from."
+    p, best = f["params"], f["train"].get("best", {})
+    runs = [(n, ph) for n, ph in ((1, p.train.phase1), (2, p.train.phase2)) if ph.epochs]
+    recipe = "; then ".join(f"phase {n}: {_trains(ph.unfreeze)} ({ph.epochs} epochs, learning rate {ph.lr:g})"
+                            for n, ph in runs)
+    what = {n: ("the head trained on the frozen backbone" if ph.unfreeze == 0 else
+                f"{_trains(ph.unfreeze)} {'fine-tuned' if n == 2 else 'trained'}") for n, ph in runs}
+    kept = (phase_text(phase_outcome(f["history"], best["metric"]), best, what)
+            if f.get("history") is not None and best.get("metric") else
+            f"The epoch kept is phase {best.get('phase', '–')}, epoch {best.get('epoch', '–')}.")
+    return (f"{recipe or 'no training phase'}; the epoch with the best validation "
+            f"{metric_name(best.get('metric', p.train.select_metric))} was kept. {kept}")
+
 
 def model_section(f: dict) -> str:
     "Model details: backbone, weights, image size, the training recipe, the decisions stored with it."
     p, tr, d = f["params"], f["train"], f["decide"]
-    best = tr.get("best", {})
+    weights = tr.get("weights", p.model.weights)
     return (f"## Model details\n\n- **Architecture**: `{tr.get('arch', p.model.arch)}` (initial weights: "
-            f"{tr.get('weights', p.model.weights)}), a linear head over 7 classes, input {p.prepare.image_size} px "
-            f"({p.prepare.resize}).\n- **Training**: two phases — the head on the frozen backbone "
-            f"({p.train.phase1.epochs} epochs), then the last {p.train.phase2.unfreeze} stage(s) fine-tuned "
-            f"({p.train.phase2.epochs} epochs, lr {p.train.phase2.lr:g}); the epoch with the best validation "
-            f"{best.get('metric', p.train.select_metric)} kept (phase {best.get('phase', '–')}, epoch "
-            f"{best.get('epoch', '–')}). Seed {p.seed}.\n- **Stored with the model** (fitted on validation): "
-            f"{d.get('views', '–')} test-time view(s), temperature {_fmt(d.get('temperature'), 3)}, "
+            f"{_WEIGHTS.get(weights, weights)}), a linear head over 7 classes; input images {p.prepare.image_size} px, "
+            f"{_RESIZE.get(p.prepare.resize, p.prepare.resize)}.\n- **Training**: {training_text(f)} Seed {p.seed}.\n"
+            f"- **Stored with the model** (fitted on validation): "
+            f"{views_text(d['views']) if d.get('views') else '–'}, temperature {_fmt(d.get('temperature'), 3)}, "
             f"{context_text(d.get('context') or {})}{prior_text(d.get('prior_correction') or {})}the melanoma "
-            f"threshold and the conformal threshold below. `derma-nb predict` and the ONNX sidecar apply the same.\n"
-            f"- **Run**: `{f['run_id']}` (hash of params.yaml and the dataset); the code is the git commit whose "
-            f"`dvc.lock` records this run. No date: two identical runs write this card byte for byte the same.\n")
+            f"threshold and the conformal threshold below. The prediction tool, the exported model and the server apply "
+            f"the same.\n- **Run**: `{f['run_id']}` (a hash of the parameters and the dataset); the git commit of the "
+            f"code that ran is in the run summary (`summary.md`, beside this card).\n")
+
+
+def _histo_share(f: dict) -> float | None:
+    "The share of the run's images whose diagnosis histopathology confirmed (HAM10000's dx_type 'histo'); None if unknown."
+    s = f.get("splits")
+    known = {"histo", "follow_up", "consensus", "confocal"}
+    if s is None or not len(s) or not s.dx_type.isin(known).all():
+        return None
+    return float((s.dx_type == "histo").mean())
 
 
 def data_section(f: dict) -> str:
     "Training and evaluation data: which dataset, how it was split, how many images each split holds."
     man, sc = f["manifest"], f["manifest"].get("split_counts", {})
+    histo = _histo_share(f)
+    how = (f"diagnosed by histopathology ({histo:.0%} of these images), follow-up, expert consensus or confocal "
+           "microscopy" if histo is not None else "diagnosed by histopathology, follow-up, expert consensus or confocal "
+           "microscopy (how each was confirmed is not recorded in this copy)")
     what = ("the **synthetic sample** (drawn lesions with HAM10000's metadata layout)" if f["synthetic"] else
-            "**HAM10000** (Tschandl et al. 2018): dermoscopic images of pigmented lesions from Vienna and Queensland, "
-            "diagnosed by histopathology (about half), follow-up, expert consensus or confocal microscopy")
+            f"**HAM10000** (Tschandl et al. 2018): dermoscopic images of pigmented lesions from Vienna and Queensland, {how}")
     return (f"## Data\n\n{SYNTHETIC_NOTE + chr(10) * 2 if f['synthetic'] else ''}Trained and evaluated on {what}: "
             f"{man.get('count', '–')} images, split **by lesion** (every image of a lesion, and of the lesions known to "
             f"be the same under two ids, on one side): train {sc.get('train', '–')}, validation {sc.get('val', '–')}, "
@@ -89,7 +131,7 @@ INTENDED_USE = """## Intended use
   dermatoscope): it has never seen them and its probabilities mean nothing there.
 - Not for lesions outside the 7 classes (e.g. squamous cell carcinoma other than Bowen's disease, non-pigmented
   lesions, nail and mucosal lesions), nor for images of other devices, clinics or populations without a new
-  evaluation (`derma-nb evaluate --data` on a labelled set).
+  evaluation on labelled images from that setting.
 """
 
 # %% ../nbs/21_card.ipynb #8c361d87
@@ -107,15 +149,15 @@ def metrics_section(f: dict) -> str:
                  for c, v in pc.items()]
     absent = [c for c, v in pc.items() if not v.get("support")]
     return (f"## Metrics (test split, {t.get('n', '–')} images)\n\n95% intervals: Wilson for proportions (accuracy, "
-            f"melanoma recall), widened to the lesion bootstrap where that is wider; resampling lesions (1,000 "
-            f"bootstrap resamples unless `evaluate.n_boot` says otherwise) for the rest; *n too small* where a "
+            f"melanoma recall), widened to the lesion bootstrap where that is wider; resampling lesions "
+            f"({f['params'].evaluate.n_boot:,} bootstrap resamples) for the rest; *n too small* where a "
             f"bootstrap collapsed or its class has too few images.\n\n"
             + (f"With the patient's age, sex and body site (the model's main decision), beside the same model on the "
-               "image alone (its image-only decisions, what `predict` gives when no context is given):\n\n" if img else "")
+               "image alone (its image-only decisions, what the model gives when no context is given):\n\n" if img else "")
             + _table(["metric", *([f"{model} + patient context", f"{model}, image only"] if img else [model]),
                       "random forest"], rows)
-            + ("\nPer class (test split):\n\n" + _table(["class", "images", "precision", "recall", "ROC-AUC", "note"],
-                                                       per_class) if pc else "")
+            + ("\nPer class (test split):\n\n" + _table(["class", "images", "precision", "recall", "ROC-AUC", "note"][:6 if absent else 5],
+                                                       [r[:6 if absent else 5] for r in per_class]) if pc else "")
             + (f"\n**Absent from the test split:** {', '.join(absent)} — shown as “–”; the macro averages are over "
                "the classes present.\n" if absent else ""))
 
@@ -125,7 +167,7 @@ def calibration_section(f: dict) -> str:
     cal, tta = f["test"].get("calibration", {}), f["test"].get("tta", {})
     names = ["negative log-likelihood", "Brier score", "expected calibration error"]
     rows = [[c, *[_fmt(v.get(n), 4) for n in names]] for c, v in cal.items()]
-    tt = [[views, _fmt(v.get("Balanced accuracy")), _fmt(v.get("Macro F1"))] for views, v in tta.items()]
+    tt = [[views, _fmt(v.get("Balanced accuracy"), 3), _fmt(v.get("Macro F1"), 3)] for views, v in tta.items()]
     return ("## Calibration\n\nTemperature scaling fitted on validation (one scalar dividing the logits; it never "
             "changes the top class). On the test split:\n\n" + _table(["probabilities", *names], rows)
             + "\nTest-time augmentation (dihedral views averaged), test split:\n\n"
@@ -138,11 +180,15 @@ def operating_section(f: dict) -> str:
     if op.get("threshold") is None:
         return "## Melanoma operating point\n\nNone: the validation split held no melanoma (or only melanomas).\n"
     val = op.get("validation", {})
-    return (f"## Melanoma operating point\n\n`predict` flags **melanoma suspected** when P(melanoma) ≥ "
-            f"**{op['threshold']:.4f}**, the threshold chosen on validation for sensitivity ≥ "
+    ctx = ((f["decide"].get("context") or {}).get("weight") or 0) > 0
+    return (f"## Melanoma operating point\n\nThe model flags **melanoma suspected** when P(melanoma) ≥ "
+            f"**{prob_text(op['threshold'])}**, the threshold chosen on validation for sensitivity ≥ "
             f"{op.get('target_sensitivity')} (validation: sensitivity {_fmt(val.get('sensitivity'), 3)}, specificity "
-            f"{_fmt(val.get('specificity'), 3)}). On the test split: sensitivity **{ci_text(op.get('sensitivity'))}**, "
-            f"specificity **{ci_text(op.get('specificity'))}**, {op.get('flagged', '–')} images flagged.\n")
+            f"{_fmt(val.get('specificity'), 3)})"
+            + ("; this is the threshold for images given with age, sex or site — images without them are flagged at the "
+               "image-only decision's own threshold, also chosen on validation" if ctx else "")
+            + f". On the test split: sensitivity **{ci_text(op.get('sensitivity'))}**, specificity "
+              f"**{ci_text(op.get('specificity'))}**, {op.get('flagged', '–')} images flagged.\n")
 
 
 def conformal_section(f: dict) -> str:
@@ -153,41 +199,70 @@ def conformal_section(f: dict) -> str:
     target = 1 - c["alpha"]
     rows = [[r["class"], r["images"], ci_text(r), _fmt(r.get("mean set size"), 2),
              "**below target**" if r.get("high") is not None and r["high"] < target else ""] for r in c["table"]]
+    noted = any(r[-1] for r in rows)  # the note column only when a class falls short
     return (f"## Conformal prediction sets\n\nEach prediction comes with a set of diagnoses meant to contain the true one "
-            f"with probability ≥ {target:.2f} (split conformal, calibrated on validation; q̂ = {_fmt(c.get('qhat'))}). "
+            f"with probability ≥ {target:.2f} (split conformal, calibrated on validation). "
             "The guarantee assumes the test images are exchangeable with the validation images — the same population, "
             "split by lesion — and holds on average over images, not for every class; it does not carry over to other "
-            "clinics, devices or populations. Test coverage:\n\n"
-            + _table(["true class", "images", "coverage [95% CI]", "mean set size", ""], rows))
+            "clinics, devices or populations. Test coverage"
+            + (f" (*below target*: the whole interval lies under {target:.2f}):\n\n" if noted else ":\n\n")
+            + _table(["true class", "images", "coverage [95% CI]", "mean set size", "note"][:5 if noted else 4],
+                     [r[:5 if noted else 4] for r in rows]))
 
 
 def subgroup_section(f: dict) -> str:
     "Balanced accuracy and melanoma recall by sex, age band and body site; small groups marked, not hidden."
     subs = f["test"].get("subgroups", [])
     shown = subgroup_display(pd.DataFrame(subs)).reset_index() if subs else pd.DataFrame(columns=["by"])
-    return ("## Subgroups (test split)\n\nBy the HAM10000 metadata. Groups too small to say anything are listed with a "
-            "note, not left out; wide intervals mean the same.\n\n"
+    source = "the synthetic sample's metadata" if f["synthetic"] else "the HAM10000 metadata"
+    return (f"## Subgroups (test split)\n\nBy {source} (sex, age band, body site). Groups too small to say anything "
+            "are listed with a note, not left out; wide intervals mean the same.\n\n"
             + _table(list(shown.columns), shown.values.tolist()))
 
 # %% ../nbs/21_card.ipynb #45959fe0
+def _imbalance(f: dict) -> str:
+    "The run's class balance in words: the largest class's share, the smallest classes' counts (from the manifest)."
+    counts = f["manifest"].get("class_counts") or {}
+    if not counts or not sum(counts.values()):
+        return "- **Class imbalance.** The class counts of this data are not recorded."
+    total, order = sum(counts.values()), sorted(counts, key=lambda c: (counts[c], c))
+    big, small = max(counts, key=counts.get), [c for c in order if counts[c]][:2]
+    where = "this synthetic sample" if f["synthetic"] else "this data"
+    return (f"- **Class imbalance.** In {where}, {counts[big] / total:.0%} of the {total:,} images are {big}; the "
+            f"smallest classes are {' and '.join(f'{c} ({counts[c]} images)' for c in small)}, so their numbers have "
+            "wide intervals and their prediction sets cover least reliably.")
+
+
 def limits_section(f: dict) -> str:
     "Limitations and ethical considerations."
     size = f["params"].prepare.image_size
-    context = ("- **Patient context.** Age, sex and body site enter as evidence beside the image, with likelihood ratios "
-               "counted on HAM10000's training split: they carry that population's referral patterns (which lesions "
-               "were photographed where, at what age) and may not transfer to another clinic; without them "
-               "`predict` answers from the image alone. History and other clinical findings are not used."
+    context = (("- **Patient context.** " + context_status(f["decide"].get("context") or {}) + " Their likelihood ratios "
+                "were counted on the training split: they carry that population's referral patterns (which lesions "
+                "were photographed where, at what age) and may not transfer to another clinic; without them the model "
+                "answers from the image alone. History and other clinical findings are not used.")
                if (f["decide"].get("context") or {}).get("weight") else
-               "- **No patient context.** Age, sex and body site are not used (`decide.context`, or no weight helped "
-               "on validation); clinicians use them and history.")
+               "- **No patient context.** " + context_status(f["decide"].get("context") or {})
+               + " Clinicians use them, and history.")
+    histo = _histo_share(f)
+    if f["synthetic"]:
+        data = ("- **Synthetic data.** The model has seen only drawn shapes, never a dermoscopic image: nothing here "
+                "says how it would do on any real lesion, skin type, dermatoscope or clinic.\n"
+                "- **Labels.** The labels are the classes the drawn lesions were generated from, not diagnoses.")
+    else:
+        data = ("- **One dataset.** HAM10000 comes from two sites (Vienna, Austria; Queensland, Australia) and mostly "
+                "light skin (Fitzpatrick I–III); nothing here says how the model does on darker skin, other "
+                "dermatoscopes or other clinics.\n"
+                + (f"- **Labels.** {histo:.0%} of the diagnoses in this data are confirmed by histopathology; the rest "
+                   "come from follow-up, expert consensus or confocal microscopy." if histo is not None else
+                   "- **Labels.** How each diagnosis was confirmed (histopathology, follow-up, expert consensus, "
+                   "confocal microscopy) is not recorded in this data."))
+    privacy = ("- **Privacy and licence.** The synthetic sample holds no patient data." if f["synthetic"] else
+               "- **Privacy and licence.** HAM10000 is de-identified and licensed CC BY-NC 4.0 (non-commercial); no "
+               "image is stored in this repository.")
     return f"""## Limitations
 
-- **One dataset.** HAM10000 comes from two sites (Vienna, Austria; Queensland, Australia) and mostly light skin
-  (Fitzpatrick I–III); nothing here says how the model does on darker skin, other dermatoscopes or other clinics.
-- **Class imbalance.** Two thirds of the images are nevi; dermatofibroma and vascular lesions have about a hundred
-  images each, so their numbers have wide intervals and their prediction sets cover least reliably.
-- **Labels.** About half the diagnoses are confirmed by histopathology; the rest come from follow-up, expert
-  consensus or confocal microscopy.
+{data}
+{_imbalance(f)}
 - **Image size.** Images are downscaled to {size} px; fine dermoscopic structures are lost.
 {context}
 
@@ -195,10 +270,9 @@ def limits_section(f: dict) -> str:
 
 - **Human oversight.** Outputs are for a clinician to weigh; automation bias (accepting a confident wrong answer) is
   the main risk, which is why probabilities are calibrated and sets and flags shown instead of a bare label.
-- **Fairness.** Subgroup results are reported above, but skin type is not recorded in HAM10000, so the largest
-  fairness question cannot be answered from this data.
-- **Privacy and licence.** HAM10000 is de-identified and licensed CC BY-NC 4.0 (non-commercial); no image is stored in
-  this repository.
+- **Fairness.** Subgroup results are reported above, but skin type is not recorded in the data, so the largest
+  fairness question cannot be answered from it.
+{privacy}
 """
 
 # %% ../nbs/21_card.ipynb #deaf95a9
@@ -218,7 +292,8 @@ def markdown_page(md: str, title: str) -> str:
     body = mistune.create_markdown(plugins=["table"])(md)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}blockquote{{background:#fcf3cf;color:#7d6608;margin:1em 0;padding:.6em 1em;"
-            f"border-left:4px solid #b7950b}}img{{max-width:100%}}</style></head><body><p><a href='index.html'>"
+            f"border-left:4px solid #b7950b}}img{{max-width:100%}}td[style*=right]{{white-space:nowrap}}</style></head><body>"
+            f"<p><a href='index.html'>"
             f"← report index</a></p>{body}</body></html>\n")
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import CLASSES, log
 from .cache import unit_batch
+from .metrics import prob_text
 from .model import cam_layer
 
 # %% auto #0
@@ -199,5 +200,7 @@ def example_gallery(model: nn.Module, images, examples: pd.DataFrame, target: st
     x = np.stack([np.asarray(images[r]) for r in examples.row]) if len(examples) else np.zeros((0, 8, 8, 3), np.uint8)
     cams, spread = (gradcam(model, x, [classes.index(c) for c in examples[target]], target_layer, return_spread=True)
                     if len(x) else ([], []))
-    titles = [f"true {r.true} · {r.kind}\npred {r.pred} p={r.confidence:.2f} (row {r.row})" for r in examples.itertuples()]
+    name = examples["image"] if "image" in examples else [""] * len(examples)  # the image id, when the caller adds it
+    titles = [f"{n}\ntrue {r.true} · {r.kind}\npred {r.pred} {prob_text(r.confidence)}".lstrip("\n")
+              for n, r in zip(name, examples.itertuples())]
     return gallery_figure(list(x), list(cams), titles, ncols=ncols, size=size, spread=list(spread))

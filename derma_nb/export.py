@@ -19,7 +19,7 @@ from .cache import dihedral, load_prepared, unit_batch
 from .config import CLASS_NAMES, CLASSES, load_params, log
 from .runtime import write_json
 from .data import IMAGE_SUFFIXES, DataError, decode_for_model, scan_dataset
-from .metrics import HEADLINE, classification_metrics
+from .metrics import HEADLINE, classification_metrics, prob_text, views_text
 from .decide import (CONTEXT_FIELDS, RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, context_for,
                              context_given, decision_for, describe)
 from .model import ModelFileError, load_model
@@ -309,13 +309,13 @@ def context_line(pred: Predictor, given: bool) -> str:
 def model_line(pred: Predictor, context: bool = False) -> str:
     "One paragraph on the model: file, backbone, size, views, calibration, context, the melanoma threshold, the sets."
     d, m = pred.decision_used(context), pred.meta
-    parts = [f"model {pred.path}: {m.get('arch', '?')}, {pred.image_size} px, {pred.views} test-time view(s)"]
+    parts = [f"model {pred.path}: {m.get('arch', '?')}, {pred.image_size} px, {views_text(pred.views)}"]
     if d is not None:
         parts += [f"calibrated (T = {d.temperature:.2f})", context_line(pred, context)]
         if d.tau:
             parts.append(f"predicted class prior-corrected towards rare classes (tau = {d.tau:g}, chosen on validation)")
         if d.mel.get("threshold") is not None:
-            parts.append(f"melanoma flagged at P(mel) >= {100 * d.mel['threshold']:.1f}% (sensitivity "
+            parts.append(f"melanoma flagged at P(mel) >= {prob_text(d.mel['threshold'])} (sensitivity "
                          f"{d.mel['sensitivity']:.2f} on validation)")
         if d.conformal:
             parts.append(f"{100 * (1 - d.conformal['alpha']):.0f}% prediction sets")
@@ -345,11 +345,11 @@ def predict_table(pred: Predictor, rows: list[dict], context: bool = False) -> s
     w, tw, sw, cw = (max([len(h)] + [len(v) for v in col]) for h, col in
                      (("image", [Path(r["file"]).name for r in rows]), ("predicted class", tops), (cover, sets),
                       ("context", ctx)))
-    head = f"{'image':<{w}}  {'predicted class':<{tw}}  {'prob':>4}  {cover:<{sw}}  melanoma"
+    head = f"{'image':<{w}}  {'predicted class':<{tw}}  {'prob':>7}  {cover:<{sw}}  melanoma"
     lines.append((head + (f"   {'context':<{cw}}" if context else "")).rstrip())
     for i, (r, top, pset) in enumerate(zip(rows, tops, sets)):
         flag = {True: "SUSPECTED", False: "-", None: "n/a"}[r["melanoma_suspected"]]
-        line = f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {100 * r['top_probability']:>3.0f}%  {pset:<{sw}}  {flag:<9}"
+        line = f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {prob_text(r['top_probability']):>7}  {pset:<{sw}}  {flag:<9}"
         lines.append((line + f"  {ctx[i]:<{cw}}" if context else line).rstrip())
     if any(moved):
         lines += ["", f"* not the most probable class: the prior correction (tau = {d.tau:g}, chosen on validation) "

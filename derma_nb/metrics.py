@@ -20,7 +20,8 @@ from .config import CLASSES, log
 __all__ = ['HEADLINE', 'BOOT_METRICS', 'MIN_CASES', 'AGE_BANDS', 'label_metrics', 'sensitivity_at_specificity',
            'expected_calibration_error', 'classification_metrics', 'wilson_interval', 'bootstrap_ci', 'bootstrap_ratio',
            'headline_table', 'per_class_table', 'age_band', 'subgroup_table', 'ci_text', 'subgroup_display',
-           'fmt_number', 'fmt_table', 'headline_display', 'per_class_display', 'absent_classes']
+           'fmt_number', 'fmt_table', 'headline_display', 'per_class_display', 'absent_classes', 'prob_text', 'plural',
+           'views_text', 'metric_name', 'phase_outcome', 'phase_text']
 
 # %% ../nbs/08_metrics.ipynb #af9538d2
 HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -345,11 +346,12 @@ def age_band(age) -> str:
 
 
 def _subgroups(meta: pd.DataFrame):
-    "(by, group name, boolean mask) for every value of sex, age band and body site."
+    "(by, group name, boolean mask) for every value of sex, age band (youngest first) and body site; 'unknown' last."
     cols = {"sex": meta["sex"], "age": meta["age"].map(age_band), "site": meta["localization"]}
+    band = {name: i for i, (_, _, name) in enumerate(AGE_BANDS)}
     for by, values in cols.items():
         v = values.astype(str).str.strip().replace({"": "unknown", "nan": "unknown"})
-        for g in sorted(v.unique()):
+        for g in sorted(v.unique(), key=lambda g: (g == "unknown", band.get(g, -1) if by == "age" else 0, g)):
             yield by, g, (v == g).to_numpy()
 
 # %% ../nbs/08_metrics.ipynb #aaa52a28
@@ -436,7 +438,7 @@ def headline_display(metrics: dict, ci: dict | None = None, digits: int = 3) -> 
 
 
 def per_class_display(metrics: dict, split: str = "test", digits: int = 3) -> pd.DataFrame:
-    "Per-class table as text; a class absent from the split is named in its note, its numbers are '–'."
+    "Per-class table as text, columns by their display names; a class absent from the split is named in its note."
     t, notes = per_class_table(metrics), []
     for c, r in t.iterrows():
         if r["support"] == 0:
@@ -450,9 +452,64 @@ def per_class_display(metrics: dict, split: str = "test", digits: int = 3) -> pd
     out = fmt_table(t, digits)
     out.loc[t.support == 0, ["recall", "f1", "auc"]] = "–"  # F1 of a class with no images is not a 0
     out["note"] = notes
-    return out
+    return out.rename(columns={"f1": "F1", "auc": "ROC-AUC", "support": "images"})
 
 
 def absent_classes(metrics: dict) -> list[str]:
     "The classes with no image in the evaluated split."
     return [c for c, v in (metrics.get("per_class") or {}).items() if not v.get("support")]
+
+# %% ../nbs/08_metrics.ipynb #c4e2b7a9
+def prob_text(p, digits: int = 1) -> str:
+    "A probability as a percentage: '> 99.9%' and '< 0.1%' at the ends (never a rounded 100.0% or 0.0%); '–' if None."
+    if p is None or p != p:
+        return "–"
+    text = f"{100 * float(p):.{digits}f}"
+    if float(text) >= 100 or float(text) > 100 - 10 ** -digits:  # a model's probability is never exactly 0 or 1:
+        return f"> {100 - 10 ** -digits:.{digits}f}%"            # those are roundings (and underflow)
+    if float(text) <= 0:
+        return f"< {10 ** -digits:.{digits}f}%"
+    return f"{text}%"
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    "'1 stage', '2 stages' (`many` for irregular plurals)."
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def views_text(n: int) -> str:
+    "How many dihedral views a prediction averages, in words."
+    return "1 view (no test-time augmentation)" if n == 1 else f"{n} test-time views averaged"
+
+# %% ../nbs/08_metrics.ipynb #a7b3e5f9
+def metric_name(key: str) -> str:
+    "A metric key as prose: 'macro_f1' → 'macro F1', 'balanced_accuracy' → 'balanced accuracy'."
+    name = HEADLINE.get(key, key.replace("_", " "))
+    return name[0].lower() + name[1:]
+
+
+def phase_outcome(history: pd.DataFrame, metric: str) -> list[dict]:
+    "Per phase of a training history (plots/history.csv): epochs run, its best validation `metric` and that epoch."
+    out = []
+    for ph, h in history.groupby("phase", sort=True):
+        col = h[f"val_{metric}"].reset_index(drop=True)
+        out.append({"phase": int(ph), "epochs": len(h), "best": float(col.max()),
+                    "best_epoch": int(h.epoch.iloc[int(col.idxmax())])})  # the first epoch reaching it, as training keeps
+    return out
+
+
+def phase_text(outcome: list[dict], best: dict, what: dict | None = None) -> str:
+    "Which phase the kept epoch (`best`: metrics/train.json's) came from; says so when phase 2 never beat phase 1."
+    what = what or {}
+    m, by = metric_name(best.get("metric", "")), {o["phase"]: o for o in outcome}
+    kept = f"phase {best.get('phase')}, epoch {best.get('epoch')}"
+    p1, p2 = by.get(1), by.get(2)
+    if best.get("phase") == 1 and p2:
+        return (f"The epoch kept is from phase 1 ({kept}): phase 2 ({what.get(2, 'the fine-tuning')}, "
+                f"{plural(p2['epochs'], 'epoch')}) never beat it on validation {m} — its best was {p2['best']:.3f} "
+                f"(epoch {p2['best_epoch']}) against phase 1's {p1['best']:.3f} — so the released model is phase 1's"
+                f"{': ' + what[1] if 1 in what else ''}.")
+    if best.get("phase") == 2 and p1:
+        return (f"The epoch kept is from phase 2 ({kept}): phase 2 ({what.get(2, 'the fine-tuning')}) raised validation "
+                f"{m} from phase 1's best {p1['best']:.3f} to {p2['best']:.3f}.")
+    return f"Only phase {best.get('phase')} ran; the epoch kept is its epoch {best.get('epoch')}."

@@ -219,6 +219,14 @@ def is_synthetic(root: Path, prepared: str = "artifacts/prepared", data: str = "
     return bool(man.get("synthetic")) if man else (root / data / "SYNTHETIC.md").exists()
 
 
+def _commit_words(commit: str) -> str:
+    "git_commit's answer in words: 'code: git commit `abc`', with uncommitted code changes said as such."
+    if commit == "unknown":
+        return "code: not in a git repository (no commit to name)"
+    sha, dirty = commit.removesuffix("+dirty"), commit.endswith("+dirty")
+    return f"code: git commit `{sha}`" + (", with uncommitted changes to tracked files" if dirty else "")
+
+
 def summary_text(run: PipelineRun, root: str | Path = ".", prepared: str = "artifacts/prepared", data: str = "data",
                  tail_lines: int = 15) -> str:
     "reports/summary.md of one run: outcome, SYNTHETIC, failure details, decision + metrics with CIs, stage times."
@@ -241,7 +249,7 @@ def summary_text(run: PipelineRun, root: str | Path = ".", prepared: str = "arti
     cmd = " ".join(run.cmd[2:] if run.cmd[1:2] == ["-m"] else run.cmd) or "derma-nb run"
     cmd = _clip(" ".join(cmd.split()), 120)  # one line: a long command is cut here, not the summary's decision
     lines += [f"`{cmd}`: exit code {run.rc if run.rc is not None else '–'} after {run.seconds:.1f} s, finished "
-              f"{when}; code commit `{git_commit(root)}`.", ""]
+              f"{when}; {_commit_words(git_commit(root))}.", ""]
     if run.rc != 0:
         lines += ["## Failure", "", *_failure_lines(run, root, tail_lines), ""]
     lines += ["## Decision", "", *_decision_lines(run, root), ""]

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 from .config import flat_dict, load_params, log
-from .metrics import HEADLINE
+from .metrics import HEADLINE, metric_name, phase_outcome, phase_text
 from .stage import STAGE_TITLES, run_identity
 
 # %% auto #0
 __all__ = ['REFERENCES', 'RESULT_KEYS', 'SUMMARY_KEYS', 'headline_section', 'promotion_section', 'training_section',
-           'stages_section', 'identity_section', 'write_index', 'prior_text', 'context_text', 'results_table',
-           'write_results', 'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics',
-           'write_summary', 'main']
+           'stages_section', 'identity_section', 'write_index', 'prior_text', 'context_text', 'context_status',
+           'results_table', 'write_results', 'collect_experiments', 'experiments_table', 'write_experiments',
+           'summary_metrics', 'write_summary', 'main']
 
 # %% ../nbs/20_report.ipynb #c9069b3d
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -30,7 +30,8 @@ th{background:#f4f6f7}td:first-child,th:first-child,table.kv td{text-align:left}
 .badge{display:inline-block;padding:.15em .6em;border-radius:.8em;font-weight:600;font-size:.9em}
 .promoted{background:#d5f5e3;color:#145a32}.rejected{background:#fadbd8;color:#78281f}
 .synthetic{background:#fcf3cf;color:#7d6608}.real{background:#d6eaf8;color:#1b4f72}
-.better{color:#145a32}.worse{color:#78281f}ul.stages li{margin:.3em 0}code{background:#f4f6f7;padding:0 .3em}"""
+.better{color:#145a32}.worse{color:#78281f}ul.stages li{margin:.3em 0}code{background:#f4f6f7;padding:0 .3em}
+td.pass{color:#145a32}td.fail{color:#78281f;font-weight:600}"""
 
 
 def _fmt(v, digits=4):
@@ -39,6 +40,14 @@ def _fmt(v, digits=4):
 
 def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _history(root: Path):
+    "The training history (plots/history.csv: one row per epoch), or None before training has run."
+    import pandas as pd
+
+    f = root / "plots/history.csv"
+    return pd.read_csv(f) if f.exists() else None
 
 
 def _timings(root: Path) -> dict:
@@ -50,8 +59,8 @@ def _ci_cell(v, c: dict | None) -> str:
     "A value with its interval below it, or with why it has none (n too small, undefined), or the value alone."
     c = c or {}
     if c.get("low") is not None and c.get("high") is not None and v is not None:
-        return f"{_fmt(v)}<br><span class='muted'>[{_fmt(c['low'])}, {_fmt(c['high'])}]</span>"
-    return _fmt(v) + (f"<br><span class='muted'>{html.escape(c['note'])}</span>" if c.get("note") else "")
+        return f"{_fmt(v, 3)}<br><span class='muted'>[{_fmt(c['low'], 3)}, {_fmt(c['high'], 3)}]</span>"
+    return _fmt(v, 3) + (f"<br><span class='muted'>{html.escape(c['note'])}</span>" if c.get("note") else "")
 
 
 def headline_section(test: dict, base: dict) -> str:
@@ -59,68 +68,89 @@ def headline_section(test: dict, base: dict) -> str:
     rows = []
     for k, label in HEADLINE.items():
         mv, bv = test.get(k), base.get("test", {}).get(k)
-        d = None if mv is None or bv is None else mv - bv
-        cls = "" if d is None else ("better" if d > 0 else "worse")
+        d = None if mv is None or bv is None else round(mv - bv, 3)  # coloured as shown: +0.000 is no change
+        cls = "" if not d else ("better" if d > 0 else "worse")
         rows.append(f"<tr><td>{label}</td><td>{_ci_cell(bv, base.get('test_ci', {}).get(k))}</td>"
                     f"<td>{_ci_cell(mv, test.get('ci', {}).get(k))}</td>"
-                    f"<td class='{cls}'>{'' if d is None else f'{d:+.4f}'}</td></tr>")
+                    f"<td class='{cls}'>{'–' if d is None else '0.000' if not d else f'{d:+.3f}'}</td></tr>")
     absent = [c for c, v in (test.get("per_class") or {}).items() if not v.get("support")]
     note = (f"<p><b>Absent from the test split:</b> {html.escape(', '.join(absent))} — their per-class numbers are "
             "“–” (undefined), and the macro averages are over the classes present.</p>" if absent else "")
     return (f"<section id='headline'><h2>Headline metrics: baseline vs model</h2><p>Lesion-disjoint test split "
             f"({test.get('n', '–')} images); 95% intervals: Wilson for proportions (accuracy, melanoma recall), "
             f"widened to the lesion bootstrap where that is wider; lesion bootstrap for the rest.</p><table><tr><th>"
-            f"metric</th><th>random forest</th><th>{html.escape(str(test.get('model', 'model')))}</th><th>Δ</th></tr>"
+            f"metric</th><th>random forest</th><th>{html.escape(str(test.get('model', 'model')))}</th><th>model − random "
+            f"forest</th></tr>"
             f"{''.join(rows)}</table>{note}</section>")
 
 # %% ../nbs/20_report.ipynb #3ce1cbf6
 def promotion_section(promo: dict) -> str:
-    "The decision, its reason, and each gate with its value and result."
+    "The decision, its reason, each gate with its value and result, and the metrics with no minimum set."
     decision = promo.get("decision", "not evaluated")
-    gates = "".join(f"<tr><td>{html.escape(g['gate'])}</td><td>{_fmt(g['value'])}</td>"
-                    f"<td>{'pass' if g['passed'] else '<b>FAIL</b>'}</td></tr>" for g in promo.get("gates", []))
+    gates = "".join(f"<tr><td>{html.escape(g['gate'])}</td><td>{_fmt(g['value'], 3)}</td>"
+                    f"<td class='{'pass' if g['passed'] else 'fail'}'>{'pass' if g['passed'] else 'FAIL'}</td></tr>"
+                    for g in promo.get("gates", []))
+    loose = promo.get("no_minimum") or []
     return (f"<section id='promotion'><h2>Promotion decision</h2><p><span class='badge {html.escape(decision)}'>"
             f"{html.escape(decision.upper())}</span> {html.escape(promo.get('reason', ''))}</p><table><tr><th>gate "
-            f"(test split)</th><th>value</th><th>result</th></tr>{gates}</table></section>")
+            f"(test split)</th><th>value</th><th>result</th></tr>{gates}</table>"
+            + (f"<p class='muted'>No minimum is set for {html.escape(', '.join(loose))}: not a gate.</p>" if loose else "")
+            + "</section>")
 
 
-def training_section(train: dict) -> str:
-    "What trained where and its best epoch; no wall times (they differ run to run: reports/summary.md, reports/timings/)."
+def training_section(train: dict, history=None, p=None) -> str:
+    "The model, where it trained, the epoch kept and which phase it came from (from the history); no wall times."
     best = train.get("best", {})
-    return (f"<section id='training'><h2>Training</h2><p>{html.escape(str(train.get('arch', '–')))} (weights <code>"
-            f"{html.escape(str(train.get('weights', '–')))}</code>) on <code>{html.escape(str(train.get('device', '–')))}"
-            f"</code>: best epoch phase {best.get('phase', '–')} / epoch {best.get('epoch', '–')}, val "
-            f"{html.escape(str(best.get('metric', '')))} {_fmt(best.get('value'))}. Wall times (seconds and images/s "
-            f"per phase, the baseline's fit) differ from run to run, so this page, which two identical runs write "
-            f"byte for byte the same, leaves them out: they are in <code>reports/summary.md</code> and "
-            f"<code>reports/timings/</code>.</p></section>")
+    what = {}
+    if p is not None:
+        ph1, ph2 = p.train.phase1, p.train.phase2
+        what = {1: "the head trained on the frozen backbone" if ph1.unfreeze == 0 else "phase 1's network",
+                2: "the whole network fine-tuned" if ph2.unfreeze == "all" else "the last stage and the head fine-tuned"
+                if ph2.unfreeze == 1 else f"the last {ph2.unfreeze} stages and the head fine-tuned"}
+    phases = (" " + html.escape(phase_text(phase_outcome(history, best["metric"]), best, what), quote=False)
+              if history is not None and best.get("metric") else "")
+    weights = {"imagenet": "ImageNet weights", "none": "no pretrained weights"}.get(str(train.get("weights")),
+                                                                                  f"weights {train.get('weights', '–')}")
+    return (f"<section id='training'><h2>Training</h2><p>{html.escape(str(train.get('arch', '–')))} ({weights}), "
+            f"trained on <code>{html.escape(str(train.get('device', '–')))}</code>. Kept: phase {best.get('phase', '–')}, "
+            f"epoch {best.get('epoch', '–')}, validation {html.escape(metric_name(str(best.get('metric', ''))))} "
+            f"{_fmt(best.get('value'), 3)}.{phases} Each epoch's numbers and curves are on the training page; wall "
+            f"times are in the run summary.</p></section>")
 
 # %% ../nbs/20_report.ipynb #0ef2304e
 def stages_section(root: Path) -> str:
-    "Links to every stage report (marked when a stage has not run)."
+    "Links to the model card, every stage report (marked when a stage has not run), the plots page and the run summary."
     links = "".join(f"<li><a href='{n}.html'>{html.escape(t)}</a>"
                     f"{'' if (root / 'reports' / f'{n}.html').exists() else ' <span class=muted>(not run)</span>'}</li>"
                     for n, t in STAGE_TITLES.items())
     card = ("<li><a href='model_card.html'>Model card</a> — what the model is for and not for, its numbers with "
             "intervals, calibration, the melanoma operating point, prediction sets, subgroups, limitations"
             f"{'' if (root / 'reports/model_card.html').exists() else ' <span class=muted>(not written)</span>'}</li>")
-    return f"<section id='stages'><h2>Reports</h2><ul class='stages'>{card}{links}</ul></section>"
+    # written after this page (so not checked for here): the plots page on request, the summary when the run ends
+    more = ("<li><a href='plots/index.html'>Plots</a> — loss and scores per epoch, the test confusion matrix, ROC "
+            "curves and the reliability diagram, interactive (<code>derma-nb plots</code> writes this page)</li>"
+            "<li><a href='summary.md'>Run summary</a> — the outcome, each stage's wall time and the git commit the run "
+            "used (<code>derma-nb run</code> writes it when the pipeline ends)</li>")
+    return f"<section id='stages'><h2>Reports</h2><ul class='stages'>{card}{links}{more}</ul></section>"
 
 
 def identity_section(root: Path, params_path: str, seed: int, man: dict) -> str:
-    "The data (count, content hash, size, splits), the params file's hash and seed, and where the code's commit is."
+    "The data (kind, count, content hash, size, splits), the params file's hash and seed, and where the commit is."
     params_sha = hashlib.sha256((root / params_path).read_bytes()).hexdigest()[:12]
-    return (f"<section id='identity'><h2>Identity</h2><table class='kv'><tr><td>data</td><td>{man.get('count', '–')} images, "
-            f"content sha256 <code>{html.escape(str(man.get('dataset_sha256', '–'))[:16])}</code>, "
-            f"{man.get('image_size', '–')} px, splits {html.escape(json.dumps(man.get('split_counts', {})))}</td></tr>"
+    sc = man.get("split_counts") or {}
+    splits = " · ".join(f"{name} {sc[k]}" for k, name in (("train", "train"), ("val", "validation"), ("test", "test"))
+                        if k in sc)
+    kind = "SYNTHETIC sample" if man.get("synthetic") else "real images" if man else "not prepared"
+    return (f"<section id='identity'><h2>Identity</h2><table class='kv'><tr><td>data</td><td>{man.get('count', '–')} "
+            f"images ({kind}), content sha256 <code>{html.escape(str(man.get('dataset_sha256', '–'))[:16])}</code>, "
+            f"{man.get('image_size', '–')} px; {splits or 'no split'}</td></tr>"
             f"<tr><td>params</td><td><code>{html.escape(params_path)}</code> sha256 <code>{params_sha}</code>, seed "
-            f"{seed}</td></tr><tr><td>code</td><td>the git commit whose <code>dvc.lock</code> records this run "
-            f"(<code>git log -1 -- dvc.lock</code>)</td></tr></table>"
-            f"</section>")
+            f"{seed}</td></tr><tr><td>code</td><td>the git commit and whether the working tree had changes: in the "
+            f"<a href='summary.md'>run summary</a></td></tr></table></section>")
 
 # %% ../nbs/20_report.ipynb #4d672d71
 def write_index(root: str | Path = ".", params_path: str = "params.yaml", out: str = "reports/index.html") -> Path:
-    "Render reports/index.html: promotion, headline metrics (baseline vs model, CIs), training, stage links, identity."
+    "Render reports/index.html: promotion, headline metrics (baseline vs model, CIs), training, links, identity."
     root = Path(root)
     p = load_params(root / params_path)
     test, base, train = (_load_json(root / f"metrics/{n}.json") for n in ("test", "baseline", "train"))
@@ -131,7 +161,7 @@ def write_index(root: str | Path = ".", params_path: str = "params.yaml", out: s
     body = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>derma-nb report</title><style>{_CSS}"
             f"</style></head><body><h1>derma-nb — skin-lesion classification report</h1><p class='muted'>Profile <code>{html.escape(p.profile)}</code> · run <code>"
             f"{html.escape(run_identity(root / params_path, man))}</code></p><p>{badge}.</p>"
-            + promotion_section(promo) + headline_section(test, base) + training_section(train)
+            + promotion_section(promo) + headline_section(test, base) + training_section(train, _history(root), p)
             + stages_section(root) + identity_section(root, params_path, p.seed, man) + "</body></html>\n")
     out_path = root / out
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +210,19 @@ def context_text(ctx: dict) -> str:
         return ""
     return (f"the patient's age, sex and body site as evidence beside the image (naive Bayes from the training split, "
             f"weight {ctx['weight']:.2f} chosen on validation), ")
+
+
+def context_status(ctx: dict) -> str:
+    "Whether the patient context is used (metrics/decide.json `context`), in words for a clinical reader."
+    if ctx.get("weight"):
+        return (f"Age, sex and body site are used beside the image (naive Bayes from the training split, weight "
+                f"{ctx['weight']:.2f} chosen on validation).")
+    if ctx.get("asked") is False:
+        return "Age, sex and body site are not used: the patient context was switched off for this model."
+    if not ctx.get("fit"):
+        return "Age, sex and body site are not used: the data gave none to learn from."
+    return ("Age, sex and body site were tried beside the image and are not used: on validation they did not improve "
+            "the predictions by more than chance.")
 
 
 def _recipe_note(p, train: dict, prior: dict, context: dict | None = None) -> str:

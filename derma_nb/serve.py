@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MAX_UPLOAD_BYTES', 'PAGE', 'MicroBatcher', 'ServedModel', 'check_upload', 'form_context', 'add_predict', 'create_app',
-           'page_html', 'serve']
+           'page_model_line', 'page_html', 'serve']
 
 # %% ../nbs/25_serve.ipynb #9fecfd2d
 import asyncio
@@ -22,6 +22,7 @@ from .config import CLASS_NAMES, log
 from .data import DataError, decode_for_model
 from .decide import RELEASE_MODEL, RELEASE_ONNX, SITES, check_context, context_given, describe
 from .export import NOTICE, SYNTHETIC_WARNING, Predictor, model_line
+from .metrics import prob_text, views_text
 from .runtime import sha256_file
 
 # %% ../nbs/25_serve.ipynb #4437aec0
@@ -132,6 +133,7 @@ def _prediction(served: ServedModel, probs: np.ndarray, name: str, t0: float, co
     return {"file": name, **describe(probs, d, p.classes), "notice": NOTICE,
             "synthetic_model": bool(p.synthetic), "warning": SYNTHETIC_WARNING if p.synthetic else None,
             "prediction_set_coverage": 1 - d.conformal["alpha"] if d and d.conformal else None,
+            "melanoma_threshold": d.mel.get("threshold") if d else None,  # the flag's, for this input's decision
             "context": context_given(context)[0] if context is not None else None,
             "context_used": context is not None and p.context_decision is not None,
             "model": model_line(p, context is not None), "views": p.views, "image_size": p.image_size, "cam": None,
@@ -180,8 +182,8 @@ def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
     "The FastAPI app serving `model_path` (see above for the routes)."
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
+    from fastapi_offline import FastAPIOffline
     from fastapi.responses import FileResponse, HTMLResponse
 
     served = ServedModel(model_path, views, cam_model)
@@ -193,7 +195,8 @@ def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
         yield
         await batcher.stop()
 
-    app = FastAPI(title="derma-nb", description=NOTICE, lifespan=lifespan)
+    # Swagger UI and ReDoc from the files fastapi-offline ships, not a CDN: /docs works without a network
+    app = FastAPIOffline(title="derma-nb", description=NOTICE, lifespan=lifespan)
     app.state.served, app.state.batcher = served, batcher
 
     @app.exception_handler(RequestValidationError)
@@ -250,7 +253,8 @@ fieldset{margin-top:.7rem;border:1px solid #ccc} fieldset label{margin-right:1re
 </div></div></div>
 <script>
 const names = $names;
-const pct = p => (100 * p).toFixed(1) + "%";
+// a model's probability is never exactly 0 or 1: a rounded 100.0% or 0.0% is shown as > 99.9% or < 0.1%
+const pct = p => { const t = (100 * p).toFixed(1); return t === "100.0" ? "> 99.9%" : t === "0.0" ? "< 0.1%" : t + "%"; };
 document.getElementById("f").addEventListener("submit", async ev => {
   ev.preventDefault();
   const file = document.getElementById("file").files[0], status = document.getElementById("status");
@@ -273,7 +277,8 @@ document.getElementById("f").addEventListener("submit", async ev => {
     ? "Patient context weighed in with the image: " + said + "." : "Patient context given (" + said + ") but this model stores none: image only.";
   document.getElementById("set").textContent = j.prediction_set ? "Prediction set (built on validation to contain the true class " + Math.round(100 * j.prediction_set_coverage) + "% of the time): " + j.prediction_set.join(", ") : "";
   const mel = document.getElementById("mel");
-  mel.textContent = j.melanoma_suspected === null ? "" : (j.melanoma_suspected ? "Melanoma suspected: P(mel) " + pct(j.probabilities.mel) + " is above the operating threshold" : "Melanoma not flagged (P(mel) " + pct(j.probabilities.mel) + ")");
+  const thr = "the flag's threshold " + pct(j.melanoma_threshold) + ", chosen on validation" + (j.context_used ? " for images with patient context" : "");
+  mel.textContent = j.melanoma_suspected === null ? "" : (j.melanoma_suspected ? "Melanoma suspected: P(mel) " + pct(j.probabilities.mel) + " is at or above " + thr + "." : "Melanoma not flagged: P(mel) " + pct(j.probabilities.mel) + " is below " + thr + ".");
   mel.className = j.melanoma_suspected ? "flag" : "";
   const tb = document.querySelector("#probs tbody"); tb.innerHTML = "";
   Object.entries(j.probabilities).sort((a, b) => b[1] - a[1]).forEach(([c, p]) => {
@@ -292,6 +297,27 @@ document.getElementById("f").addEventListener("submit", async ev => {
 "The page at `/` (a `string.Template`: notice, warning, model line, context note, body sites, class names)."
 
 
+def page_model_line(p) -> str:
+    "The model as the page tells a clinician: what it is, how its decisions were set, the melanoma flag's threshold."
+    d = p.decision_used(False)
+    parts = [f"Model: {p.meta.get('arch', '?')} on {p.image_size} px images ({p.path.name}), {views_text(p.views)}"]
+    if d is None:
+        parts.append("no decisions stored: probabilities only")
+    else:
+        parts.append("probabilities calibrated on validation")
+        if d.tau:
+            parts.append("the predicted class favours the rarer diagnosis in close calls (a prior correction chosen on "
+                         "validation)")
+        if d.mel.get("threshold") is not None:
+            parts.append(f"melanoma flagged when P(melanoma) ≥ {prob_text(d.mel['threshold'])} for an image without "
+                         f"patient context (sensitivity {d.mel['sensitivity']:.2f} on validation)" if p.context_decision
+                         else f"melanoma flagged when P(melanoma) ≥ {prob_text(d.mel['threshold'])} (sensitivity "
+                              f"{d.mel['sensitivity']:.2f} on validation)")
+        if d.conformal:
+            parts.append(f"{100 * (1 - d.conformal['alpha']):.0f}% prediction sets")
+    return "; ".join(parts) + "."
+
+
 def page_html(served: ServedModel) -> str:
     "The page at `/` for this model."
     import json
@@ -302,7 +328,7 @@ def page_html(served: ServedModel) -> str:
     note = "; weighs in beside the image" if p.context_decision else "; this model stores none, so it is not used"
     sites = "".join(f"<option>{html.escape(s)}</option>" for s in SITES)
     return Template(PAGE).substitute(notice=html.escape(NOTICE), warning=warning, context_note=note, sites=sites,
-                                     model_line=html.escape(model_line(p)), names=json.dumps(CLASS_NAMES))
+                                     model_line=html.escape(page_model_line(p)), names=json.dumps(CLASS_NAMES))
 
 # %% ../nbs/25_serve.ipynb #4fcb8e5e
 def serve(model_path: str | Path = RELEASE_ONNX, host: str = "127.0.0.1", port: int = 8000, views: int | None = None,

@@ -19,8 +19,9 @@ from .config import Params, get_dotted, load_params, log, set_dotted
 from .runtime import cpu_arithmetic, pick_device, portable_env, seed_everything
 
 # %% auto #0
-__all__ = ['STAGE_TITLES', 'SYNTHETIC_BANNER', 'select_params', 'git_commit', 'run_identity', 'read_manifest', 'log_to_stderr',
-           'Stage', 'promotion_decision', 'page_header', 'render_html', 'strip_run_noise', 'run_stage', 'main']
+__all__ = ['RUN_OUTPUTS', 'GATE_NAMES', 'STAGE_TITLES', 'SYNTHETIC_BANNER', 'TABLE_CSS', 'select_params', 'git_commit',
+           'run_identity', 'read_manifest', 'log_to_stderr', 'Stage', 'promotion_decision', 'page_header',
+           'render_html', 'table_html', 'show_table', 'strip_run_noise', 'run_stage', 'main']
 
 # %% ../nbs/19_stage.ipynb #901b3e0d
 def select_params(p: Params, keys) -> dict:
@@ -31,12 +32,17 @@ def select_params(p: Params, keys) -> dict:
     return out
 
 # %% ../nbs/19_stage.ipynb #2e2b9b6f
+RUN_OUTPUTS = ("dvc.lock", "metrics", "plots")
+"Git-tracked files a run itself rewrites: a change there is the run's output, not a change of the code."
+
+
 def git_commit(root: str | Path = ".") -> str:
-    "The current git commit (with '+dirty' when the work tree has changes), or 'unknown'."
+    "The current git commit (with '+dirty' when tracked files other than `RUN_OUTPUTS` have changes), or 'unknown'."
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in RUN_OUTPUTS)], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -151,25 +157,31 @@ class Stage:
         return False
 
 # %% ../nbs/19_stage.ipynb #e4b3095d
+GATE_NAMES = {"balanced_accuracy": "Balanced accuracy", "mel_recall": "Melanoma recall", "macro_f1": "Macro F1"}
+"The gated metrics' display names (as `metrics.HEADLINE` writes them)."
+
+
 def promotion_decision(test: dict, gates, baseline_test: dict | None = None) -> dict:
     "Promoted/rejected against the gates (min balanced accuracy, mel recall, macro F1, beat baseline), with reasons."
-    checks = [("balanced_accuracy", ">=", gates.min_balanced_accuracy), ("mel_recall", ">=", gates.min_mel_recall),
-              ("macro_f1", ">=", gates.min_macro_f1)]
+    minimums = [("balanced_accuracy", gates.min_balanced_accuracy), ("mel_recall", gates.min_mel_recall),
+                ("macro_f1", gates.min_macro_f1)]
+    checks = [(m, "at least", t) for m, t in minimums if t]  # a minimum of 0 is no gate: every score passes it
     if gates.beat_baseline and baseline_test is not None:
-        checks.append(("macro_f1", "> baseline", baseline_test.get("macro_f1")))
+        checks.append(("macro_f1", "above the random forest's", baseline_test.get("macro_f1")))
     results = []
-    for metric, op, threshold in checks:
+    for metric, need, threshold in checks:
         value = test.get(metric)
-        ok = value is not None and threshold is not None and (value > threshold if op == "> baseline"
-                                                              else value >= threshold)
-        gate = f"{metric} > baseline {threshold:.4f}" if op == "> baseline" else f"{metric} {op} {threshold:.4f}"
-        results.append({"gate": gate, "metric": metric, "value": value, "threshold": threshold, "passed": bool(ok)})
+        ok = value is not None and threshold is not None and (value >= threshold if need == "at least"
+                                                              else value > threshold)
+        need = f"{need} {'–' if threshold is None else f'{threshold:.3f}'}"
+        results.append({"gate": f"{GATE_NAMES[metric]} {need}", "metric": metric, "value": value,
+                        "threshold": threshold, "needs": need, "passed": bool(ok)})
     failed = [r for r in results if not r["passed"]]
     reason = "all gates passed" if not failed else "failed: " + "; ".join(
-        f"{r['metric']} = {r['value']:.4f} (needs {r['gate'].split(' ', 1)[1]})" if r["value"] is not None
-        else f"{r['metric']} could not be measured" for r in failed)
+        f"{GATE_NAMES[r['metric']]} {r['value']:.3f}, needs {r['needs']}" if r["value"] is not None
+        else f"{GATE_NAMES[r['metric']]} could not be measured" for r in failed)
     return {"decision": "rejected" if failed else "promoted", "failed_gates": [r["gate"] for r in failed],
-            "gates": results, "reason": reason}
+            "gates": results, "no_minimum": [GATE_NAMES[m] for m, t in minimums if not t], "reason": reason}
 
 # %% ../nbs/19_stage.ipynb #2938b054
 STAGE_TITLES = {"prepare": "Data preparation", "eda": "Exploratory data analysis", "baseline": "Random-forest baseline",
@@ -183,13 +195,20 @@ SYNTHETIC_BANNER = ("SYNTHETIC sample: drawn lesions, not patient data. The numb
 "The banner every stage report carries when the run's data is the synthetic sample."
 
 
+TABLE_CSS = ("table.dn-table{border-collapse:collapse;margin:.4em 0 1em}table.dn-table th,table.dn-table td"
+             "{border-bottom:1px solid #d5d8dc;padding:.3em .7em;text-align:right;vertical-align:top}"
+             "table.dn-table th{background:#f4f6f7;border-bottom:2px solid #aab7b8}"
+             "table.dn-table td.text,table.dn-table th.text{text-align:left}")
+"The style of `show_table`'s tables (text columns left, numbers right)."
+
+
 def page_header(current: str | None = None, synthetic: bool = False, run: str = "", profile: str = "") -> str:
     "The top of every stage report: project, profile and run id, links to the index and the other reports, the banner."
     who = " · ".join(["<b>derma-nb</b>"] + [f"{k} <code>{v}</code>" for k, v in (("profile", profile), ("run", run)) if v])
     links = " · ".join(f"<b>{t}</b>" if n == current else f"<a href='{n}.html'>{t}</a>" for n, t in STAGE_TITLES.items())
     banner = (f"<p style='background:#fcf3cf;color:#7d6608;border-left:4px solid #b7950b;padding:.5em 1em;"
               f"font:600 15px system-ui,sans-serif'>{SYNTHETIC_BANNER}</p>" if synthetic else "")
-    return (f"<style>nav.dn a{{color:#1f618d;text-decoration:underline}}</style>"
+    return (f"<style>nav.dn a{{color:#1f618d;text-decoration:underline}}{TABLE_CSS}</style>"
             f"<nav class='dn' style='font:14px system-ui,sans-serif;padding:.6em 1em;border-bottom:1px solid #d5d8dc'>"
             f"{who} &nbsp;|&nbsp; <a href='index.html'>← report index</a> &nbsp;|&nbsp; {links} · "
             f"<a href='model_card.html'>Model card</a>"
@@ -212,6 +231,36 @@ def render_html(executed: Path, title: str, header: str = "") -> Path:
     out = executed.with_suffix(".html")
     out.write_text(re.sub(r"(<body[^>]*>)", lambda m: m[1] + header, html, count=1), encoding="utf-8")
     return out
+
+# %% ../nbs/19_stage.ipynb #5c0e7a42
+_NUMBERISH = r"^\s*(?:[<>≤≥]\s*)?[+\-−–]?\d|^–$"
+
+
+def table_html(df, index: bool = True, digits: int = 3) -> str:
+    "`df` as one HTML table with a single header row: index levels as named columns (`index`), '–' for missing values."
+    import pandas as pd
+
+    names = list(df.index.names) if index else []
+    t = df.reset_index() if index else df.reset_index(drop=True)
+    if isinstance(t.columns, pd.MultiIndex) or any(n is None for n in names) or any(not str(c).strip() for c in t.columns):
+        raise ValueError(f"every column of a report table needs a name: {list(t.columns)}")
+    t = t.rename(columns=str).rename_axis(columns=None).astype(object).where(t.notna(), None)
+    kind = {c: "num" if t[c].dropna().astype(str).str.contains(_NUMBERISH).all() else "text" for c in t.columns}
+    classes = pd.DataFrame([[kind[c] for c in t.columns]] * len(t), index=t.index, columns=t.columns)
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else ("yes" if v is True else "no" if v is False else v)  # noqa: E731
+    uid = hashlib.sha256(t.to_json().encode()).hexdigest()[:10]  # the same table, the same ids: pages stay identical
+    sty = (t.style.hide(axis="index").format(fmt, na_rep="–", escape="html").set_td_classes(classes).set_uuid(uid)
+           .set_table_attributes('class="dn-table"')
+           .set_table_styles([{"selector": f"th.col{i}", "props": "text-align:left"} for i, c in enumerate(t.columns)
+                              if kind[c] == "text"]))
+    return sty.to_html()
+
+
+def show_table(df, index: bool = True, digits: int = 3) -> None:
+    "Display `df` on a stage page as `table_html` writes it."
+    from IPython.display import HTML, display
+
+    display(HTML(table_html(df, index, digits)))
 
 # %% ../nbs/19_stage.ipynb #c8ea1728
 def strip_run_noise(executed: Path) -> Path:

@@ -34,21 +34,24 @@ _PAGE = """<!DOCTYPE html>
 {refresh_tag}
 <title>derma-nb: plots</title>
 <style>body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#1c2833}
-h1{font-size:1.4em;margin:0 0 .2em}p{margin:0 0 1em;color:#566573}
+h1{font-size:1.4em;margin:0 0 .2em}p{margin:0 0 1em;color:#566573;max-width:70em}p.nav a{color:#1f618d}
 body>div{display:inline-block;vertical-align:top;margin:0 1.5em 1.5em 0}</style>
 <script>/*VEGA_BUNDLE*/</script>
 </head>
 <body>
+<p class="nav"><a href="../index.html">&larr; report index</a></p>
 <h1>derma-nb: training curves and test-split plots</h1>
-<p>Drawn by <code>dvc plots show</code> from plots/*.csv (the <code>plots:</code> of dvc.yaml); hover for values; the
-&hellip; menu saves a chart as SVG or PNG. Works offline: the JavaScript is inlined.</p>
+<p>Drawn by <code>dvc plots show</code> from plots/*.csv (the <code>plots:</code> of dvc.yaml): loss and scores per
+epoch (phase 1, then phase 2), and on the test split the confusion matrix, the ROC curve of each class and the
+reliability diagram. Hover for values; the &hellip; menu saves a chart as SVG or PNG. Works offline: the JavaScript is
+inlined.</p>
 {plot_divs}
 </body>
 </html>
 """
 
 
-def plots_template(path: str | Path = "reports/plots_template.html") -> Path:
+def plots_template(path: str | Path) -> Path:
     "Write the HTML template `dvc plots show --html-template` fills, with the JavaScript inlined."
     js = vega_bundle()
     for placeholder in ("{plot_divs}", "{scripts}", "{refresh_tag}"):
@@ -62,14 +65,17 @@ def plots_template(path: str | Path = "reports/plots_template.html") -> Path:
 
 # %% ../nbs/26_views.ipynb #614f1c72
 def show_plots(revs: list[str] | tuple = (), out_dir: str | Path = "reports/plots",
-               template: str | Path = "reports/plots_template.html", repo: str | Path = ".") -> Path:
+               template: str | Path | None = None, repo: str | Path = ".") -> Path:
     "Write the offline page of dvc.yaml's plots (of the workspace, or compared across `revs`); its path."
+    import tempfile
+
     repo = Path(repo)
-    tpl = plots_template(repo / template).resolve()
     cmd = [sys.executable, "-m", "dvc", "plots", "diff", *revs] if revs else [sys.executable, "-m", "dvc", "plots",
                                                                              "show"]
-    r = subprocess.run([*cmd, "--html-template", str(tpl), "-o", str(out_dir)], cwd=repo, capture_output=True,
-                       text=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the template (900 kB of JavaScript) is not left beside the reports
+        tpl = plots_template(Path(template) if template else Path(tmp) / "plots_template.html").resolve()
+        r = subprocess.run([*cmd, "--html-template", str(tpl), "-o", str(out_dir)], cwd=repo, capture_output=True,
+                           text=True)
     page = repo / out_dir / "index.html"
     if r.returncode != 0 or not page.exists():
         msg = (r.stderr or r.stdout).strip().splitlines()

@@ -195,7 +195,7 @@ def test_predict_applies_the_stored_decisions(sample, tmp_path):
         assert r["melanoma_suspected"] == bool(p[CLASSES.index("mel")] >= 0.15)
     assert js["synthetic_model"] is True
     table = predict_main(files, ckpt)
-    assert table.splitlines()[1] == SYNTHETIC_WARNING and "T = 2.00" in table and "4 test-time view(s)" in table
+    assert table.splitlines()[1] == SYNTHETIC_WARNING and "T = 2.00" in table and "4 test-time views averaged" in table
     real = save_model(tmp_path / "real.pt", m, image_size=32, decision=asdict(d), data={"synthetic": False})
     out = predict_main(files, real)
     assert SYNTHETIC_WARNING not in out and "SYNTHETIC" not in out and out.startswith(NOTICE)

@@ -17,8 +17,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT, tool_path
-from test_pipeline import readme_commands, sh
+from conftest import ROOT, readme_commands, sh, tool_path
 
 NOISE = 1e-5  # relative: a difference below it in every number of a file is last-digit noise, not a change
 
