@@ -200,21 +200,21 @@ def cmd_report(args) -> int:
     return 0
 
 
-@command("results", "README results table + results/NAME.{md,json} from a run's metrics",
+@command("results", "results/README.md + results/NAME.{md,json} (and the README's headline) from a run's metrics",
          ("--run-dir", {"default": ".", "help": "the repo (or copy) whose metrics/ to read"}),
-         ("--name", {"help": "results/NAME.{md,json} and the README block (default: real, or experiments)"}),
+         ("--name", {"help": "results/NAME.{md,json} and its block of results/README.md (default: real, or experiments)"}),
          ("--experiments", {"action": "store_true", "help": "instead: the table of DVC experiments"}),
          ("--base", {"help": "with --experiments: the experiment the others are compared with"}),
          ("--rev", {"action": "append", "help": "with --experiments: the commit(s) the experiments started from"}))
 def cmd_results(args) -> int:
-    "Write results/<name>.{md,json} and the README results table (or the experiments table); refresh the docs home page."
+    "Write results/<name>.{md,json}, its block of results/README.md and the README's headline (or the experiments)."
     from derma_nb.docs import write_docs_index
     from derma_nb.report import write_experiments, write_results
 
     out = write_experiments(args.run_dir, base=args.base, name=args.name or "experiments", rev=args.rev) \
         if args.experiments else write_results(args.run_dir, args.name or "real")
     print(f"wrote {out}")
-    if Path("nbs").is_dir() and Path("README.md").is_file():  # in a checkout: nbs/index.ipynb is generated from README
+    if Path("nbs").is_dir() and Path("README.md").is_file():  # the docs home page follows the README's headline
         print(f"wrote {write_docs_index('.')}")
     return 0
 

@@ -1,5 +1,5 @@
 """The benchmark scripts run against the library as it is (an API change breaks them here, not on a rented GPU), and
-the README's GPU table is what benchmarks/recipe_run.py makes of the committed run files."""
+the GPU tables of results/README.md are what benchmarks/recipe_run.py makes of the committed run files."""
 import importlib.util
 import json
 import re
@@ -83,17 +83,17 @@ def test_recipe_run_names_a_bad_override(sample, tmp_path):
         rr.main(["--data", str(sample), "--out", str(tmp_path), "--set", "train.phase2.epochs"])
 
 
-def test_readme_gpu_table_is_generated_from_the_committed_runs():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- results:gpu -->\n", 1)[1].split("<!-- /results:gpu -->", 1)[0]
+def test_results_gpu_table_is_generated_from_the_committed_runs():
+    page = (ROOT / "results" / "README.md").read_text()
+    block = page.split("<!-- results:gpu -->\n", 1)[1].split("<!-- /results:gpu -->", 1)[0]
     first, table = block.split("\n", 1)
     cmd = shlex.split(re.search(r"`python benchmarks/recipe_run.py --table ([^`]+)`", first).group(1))
     assert cmd and all((ROOT / f).is_file() for f in cmd)
     assert table == _load("recipe_run").runs_table([ROOT / f for f in cmd])
 
 
-def test_readme_seed_table_is_generated_from_the_committed_runs():
-    block = (ROOT / "README.md").read_text().split("<!-- results:gpu-seeds -->\n", 1)[1]
+def test_results_seed_table_is_generated_from_the_committed_runs():
+    block = (ROOT / "results" / "README.md").read_text().split("<!-- results:gpu-seeds -->\n", 1)[1]
     first, table = block.split("<!-- /results:gpu-seeds -->", 1)[0].split("\n", 1)
     files = shlex.split(re.search(r"`python benchmarks/recipe_run.py --spread ([^`]+)`", first).group(1))
     assert len(files) >= 6 and all((ROOT / f).is_file() for f in files)

@@ -64,8 +64,10 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
 
     parity = predict_parity(repo)
     assert parity["max_abs_prob_diff"] < 1e-5 and parity["same_predictions"] and parity["metrics_equal"], parity
-    readme = tmp_path / "README.md"
-    readme.write_text("x\n<!-- results:real -->\nold\n<!-- /results:real -->\ny\n")
-    write_results(repo, "real", readme=readme, out_dir=tmp_path / "results")
-    text = readme.read_text()
+    page, readme = tmp_path / "results.md", tmp_path / "README.md"
+    page.write_text("x\n<!-- results:real -->\nold\n<!-- /results:real -->\ny\n")
+    readme.write_text("x\n<!-- results:real-headline -->\nold\n<!-- /results:real-headline -->\ny\n")
+    write_results(repo, "real", page=page, readme=readme, out_dir=tmp_path / "results")
+    text, head = page.read_text(), readme.read_text()
     assert "old" not in text and f"{test['accuracy']:.3f}" in text and "DermaMNIST" in text
+    assert "old" not in head and f"{test['balanced_accuracy']:.3f}" in head and "DermaMNIST" not in head
