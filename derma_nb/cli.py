@@ -20,9 +20,9 @@ from .config import ParamsError, flat_dict, load_params, log
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'overrides', 'params', 'cmd_sample', 'cmd_prepare', 'cmd_fetch', 'cmd_train', 'cmd_export',
-           'cmd_predict', 'cmd_evaluate', 'cmd_serve', 'cmd_report', 'cmd_results', 'cmd_plots', 'cmd_public',
-           'cmd_scan', 'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'pipeline_sets', 'cmd_run',
-           'parser', 'user_errors', 'main']
+           'cmd_predict', 'cmd_evaluate', 'cmd_serve', 'cmd_report', 'cmd_results', 'cmd_plots', 'cmd_docs',
+           'cmd_public', 'cmd_scan', 'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'pipeline_sets',
+           'cmd_run', 'parser', 'user_errors', 'main']
 
 # %% ../nbs/23_cli.ipynb #1cd7e362
 COMMANDS: dict[str, tuple] = {}
@@ -208,14 +208,11 @@ def cmd_report(args) -> int:
          ("--rev", {"action": "append", "help": "with --experiments: the commit(s) the experiments started from"}))
 def cmd_results(args) -> int:
     "Write results/<name>.{md,json}, its block of results/README.md and the README's headline (or the experiments)."
-    from derma_nb.docs import write_docs_index
     from derma_nb.report import write_experiments, write_results
 
     out = write_experiments(args.run_dir, base=args.base, name=args.name or "experiments", rev=args.rev) \
         if args.experiments else write_results(args.run_dir, args.name or "real")
     print(f"wrote {out}")
-    if Path("nbs").is_dir() and Path("README.md").is_file():  # the docs home page follows the README's headline
-        print(f"wrote {write_docs_index('.')}")
     return 0
 
 # %% ../nbs/23_cli.ipynb #e895758b
@@ -227,6 +224,22 @@ def cmd_plots(args) -> int:
     from derma_nb.views import show_plots
 
     print(f"wrote {show_plots(args.revs, args.out)}")
+    return 0
+
+# %% ../nbs/23_cli.ipynb #4b7e2f90
+@command("docs", "build the documentation site into _site/ (README, guides, results, model card, module notebooks)",
+         ("--run-dir", {"default": ".", "help": "the run whose reports/model_card.md the site shows (default: .)"}),
+         ("--out", {"default": "_site", "help": "output folder (default: _site)"}))
+def cmd_docs(args) -> int:
+    "Build the site with Sphinx; the notebooks' outputs are cached in _build/."
+    from derma_nb.docs import build_docs
+
+    t0 = time.time()
+    card = Path(args.run_dir) / "reports" / "model_card.md"
+    if Path(args.run_dir).is_dir() and not card.is_file():
+        log.warning("%s: no model card (`derma-nb run` writes it); the model card page says so", card)
+    index = build_docs(".", args.out, args.run_dir)
+    print(f"wrote {index} in {time.time() - t0:.0f} s")
     return 0
 
 # %% ../nbs/23_cli.ipynb #1861abc0
@@ -355,12 +368,13 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/23_cli.ipynb #5a001d5a
 def user_errors() -> tuple[type, ...]:
-    "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights)."
+    "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights, docs)."
     from derma_nb.data import DataError
+    from derma_nb.docs import DocsError
     from derma_nb.fetch import FetchError
     from derma_nb.model import ModelFileError, WeightsUnavailable
 
-    return ParamsError, DataError, FetchError, ModelFileError, WeightsUnavailable
+    return ParamsError, DataError, FetchError, ModelFileError, WeightsUnavailable, DocsError
 
 
 def main(argv: list[str] | None = None) -> int:
