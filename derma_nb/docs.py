@@ -150,15 +150,23 @@ def resolve_included_links(app, doctree) -> None:
     srcdir, own = Path(env.srcdir).resolve(), Path(env.doc2path(env.docname)).resolve()
     included = app.config.derma_included
     for node in list(doctree.findall(addnodes.pending_xref)):
-        if node.get("reftype") != "myst" or node.get("refdomain") or not node.source:
+        if node.get("reftype") != "myst" or not node.source or Path(node.source).resolve() == own:
             continue
-        src = Path(node.source).resolve()
-        target, _, anchor = node["reftarget"].partition("#")
-        if src == own or not target:
+        if node.get("refdomain") == "doc":  # MyST made it a document name (relative to the included file)
+            if node["reftarget"] in env.found_docs:
+                continue
+            path = next((p for p in (srcdir / f"{node['reftarget']}{s}" for s in (".md", ".ipynb")) if p.is_file()),
+                        srcdir / node["reftarget"])
+            anchor = node.get("reftargetid") or ""
+        elif node.get("refdomain"):
             continue
-        path = (src.parent / target).resolve()
-        docname = env.path2doc(str(path)) if path.is_file() else None
-        docname = docname or included.get(str(path))
+        else:
+            target, _, anchor = node["reftarget"].partition("#")
+            if not target:
+                continue
+            path = (Path(node.source).resolve().parent / target).resolve()
+        docname = env.path2doc(str(path)) if path.is_file() else None  # a page only if Sphinx reads it as one
+        docname = docname if docname in env.found_docs else included.get(str(path))
         if docname:
             node["refdomain"], node["reftarget"], node["reftargetid"] = "doc", docname, anchor or None
         elif path.is_file() and path.is_relative_to(srcdir):

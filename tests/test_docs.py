@@ -190,3 +190,32 @@ def test_user_pages_link_to_files_that_exist(page):
     assert local, f"{page} links nowhere"
     missing = [link for link in local if not (path.parent / link).exists()]
     assert not missing, f"{page} links to missing files: {missing}"
+
+
+@pytest.mark.slow
+def test_the_site_of_the_sample_run(run, tmp_path):
+    "The whole site, built as CI builds it, with the model card of the sample run (conftest's `run`)."
+    from bs4 import BeautifulSoup
+
+    repo, _, _ = run
+    site = build_docs(ROOT, out=tmp_path / "site", run_dir=repo).parent  # -W: a broken link or include fails it
+
+    def text(page: str) -> str:
+        return " ".join(BeautifulSoup((site / page).read_text(encoding="utf-8"), "html.parser").get_text(" ").split())
+
+    home = text("docs/index.html")
+    assert "Decision support, not a diagnosis" in home and "Quick start" in home and "Macro F1" in home
+    card_md = (repo / "reports" / "model_card.md").read_text(encoding="utf-8")
+    card = text("docs/model-card.html")
+    assert "synthetic sample" in card and "SYNTHETIC" in card_md
+    rows = [r for r in card_md.splitlines() if r.startswith("| Balanced accuracy")]
+    assert rows and all(c.strip() in card for c in rows[0].split("|")[2:] if c.strip()), "the run's numbers, as written"
+    assert "No model card was found" not in card
+    assert "Macro F1" in text("docs/results.html")
+    pages = {p.stem for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")}
+    assert pages == {p.stem for p in (site / "nbs").glob("*.html")}, "one page per module notebook"
+    figures = [p.name for p in (site / "nbs").glob("*.html") if re.search(r'<img[^>]+src="[^"]+\.png"', p.read_text())]
+    assert "09_figures.html" in figures, figures
+    for p in site.rglob("*.html"):
+        html = p.read_text(encoding="utf-8")
+        assert "Traceback (most recent call last)" not in html and "#| export" not in html, p
