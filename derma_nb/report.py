@@ -94,7 +94,7 @@ def promotion_section(promo: dict) -> str:
     return (f"<section id='promotion'><h2>Promotion decision</h2><p><span class='badge {html.escape(decision)}'>"
             f"{html.escape(decision.upper())}</span> {html.escape(promo.get('reason', ''))}</p><table><tr><th>gate "
             f"(test split)</th><th>value</th><th>result</th></tr>{gates}</table>"
-            + (f"<p class='muted'>No minimum is set for {html.escape(', '.join(loose))}: not a gate.</p>" if loose else "")
+            + (f"<p class='muted'>{html.escape(', '.join(loose))}: no minimum of its own (a minimum of 0 is no gate).</p>" if loose else "")
             + "</section>")
 
 
