@@ -136,7 +136,8 @@ def cmd_export(args) -> int:
     return 0 if diff <= 1e-4 else 1
 
 # %% ../nbs/23_cli.ipynb #e0d8c7bc
-@command("predict", "decision support per image: top class, prediction set, melanoma flag (same preprocessing as training)",
+@command("predict", "decision support per image: top class, prediction set, melanoma flag (same preprocessing as "
+         "training); every file is predicted or named with the reason it could not be read (exit code 1 if any)",
          ("images", {"nargs": "+", "help": "image files or folders"}),
          ("--model", {"default": "artifacts/release/model.pt", "help": ".pt model or .onnx export (default: the released model)"}),
          ("--format", {"default": "table", "choices": ("table", "csv", "json")}),
@@ -148,12 +149,18 @@ def cmd_export(args) -> int:
          ("--metadata", {"help": "CSV with a row per image: image_id (file name without extension) or file, and any "
                                  "of age, sex, localization (site)"}))
 def cmd_predict(args) -> int:
-    "Print decision support for images (the notice and, for a synthetic-sample model, a warning first)."
-    from derma_nb.export import predict_main
+    "Print decision support for images (the notice first); each unreadable file is an error line, and exit code 1."
+    from derma_nb.export import predict_images
 
-    print(predict_main(args.images, args.model, fmt=args.format, views=args.views, metadata=args.metadata,
-                       age=args.age, sex=args.sex, site=args.site))
-    return 0
+    text, failed = predict_images(args.images, args.model, fmt=args.format, views=args.views, metadata=args.metadata,
+                                  age=args.age, sex=args.sex, site=args.site)
+    print(text)
+    for f, why in failed.items():
+        print(f"derma-nb predict: error: {f}: {why}", file=sys.stderr)
+    if failed:
+        print(f"derma-nb predict: {len(failed)} file(s) could not be read and have no prediction (listed above, and "
+              f"in the output with their error); every other file was predicted", file=sys.stderr)
+    return 1 if failed else 0
 
 # %% ../nbs/23_cli.ipynb #e8f743cc
 @command("evaluate", "score a trained model on another dataset in HAM10000 layout (every image a test image)",

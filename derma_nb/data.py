@@ -22,9 +22,9 @@ from PIL import Image, ImageOps
 from .config import CLASSES, log
 
 # %% auto #0
-__all__ = ['REQUIRED_COLUMNS', 'OPTIONAL_COLUMNS', 'IMAGE_SUFFIXES', 'DataError', 'ImageRef', 'walk_files', 'DatasetFiles',
-           'scan_dataset', 'DataReport', 'decode_text', 'read_metadata', 'to_rgb', 'load_rgb', 'preprocess_image',
-           'decode_for_model']
+__all__ = ['REQUIRED_COLUMNS', 'OPTIONAL_COLUMNS', 'IMAGE_SUFFIXES', 'DELIMITERS', 'DataError', 'ImageRef', 'walk_files',
+           'DatasetFiles', 'scan_dataset', 'DataReport', 'decode_text', 'csv_delimiter', 'delimiter_hint',
+           'decimal_comma', 'read_metadata', 'to_rgb', 'load_rgb', 'preprocess_image', 'decode_for_model']
 
 # %% ../nbs/03_data.ipynb #695adbdd
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
@@ -244,6 +244,40 @@ def _records(text: str, sep: str, ref) -> list[tuple[int, int, list[str]]]:
         raise DataError(f"{ref}: line {prev + 1}: cannot parse metadata CSV: {e}") from None
     return out
 
+# %% ../nbs/03_data.ipynb #9ff2bafd
+DELIMITERS = {",": "','", ";": "';'", "\t": "tab"}
+"The CSV delimiters read: comma, a European-locale spreadsheet's semicolon, tab."
+
+
+def csv_delimiter(text: str, name, columns=REQUIRED_COLUMNS) -> str:
+    "Which of `,` `;` tab splits the header into the most of `columns` (then: occurs most in it); logged unless `,`."
+    header = next((line for line in text.splitlines() if line.strip()), "")
+
+    def known(sep: str) -> int:
+        return sum(c.strip().strip('"').strip() in columns for c in next(csv.reader([header], delimiter=sep), []))
+
+    sep = max(DELIMITERS, key=lambda s: (known(s), header.count(s)))  # ties: ',' (first)
+    if sep != ",":
+        log.info("%s: read with %s as the delimiter", name, DELIMITERS[sep])
+    return sep
+
+
+def delimiter_hint(text: str, sep: str) -> str:
+    "For an error about a file whose header did not split into the expected columns: the delimiter it seems to use."
+    try:
+        found = csv.Sniffer().sniff(next((l for l in text.splitlines() if l.strip()), ""), delimiters=",;\t|:").delimiter
+    except csv.Error:
+        return f" (read with {DELIMITERS[sep]} as the delimiter)"
+    if found in DELIMITERS and found == sep:
+        return f" (read with {DELIMITERS[sep]} as the delimiter)"
+    return (f"; the file seems to use {DELIMITERS.get(found, repr(found))} as its delimiter: save it with a comma, "
+            f"semicolon or tab between values")
+
+
+def decimal_comma(values: pd.Series) -> pd.Series:
+    "Numbers written with a decimal comma ('45,5') as '45.5'; other values unchanged."
+    return values.str.replace(r"^\s*(-?\d+),(\d+)\s*$", r"\1.\2", regex=True)
+
 # %% ../nbs/03_data.ipynb #5d129d35
 def _fault(values: list[str], n_cols: int) -> str:
     "Why a record cannot be read as one row ('' when it can): more values than the header has columns."
@@ -255,7 +289,8 @@ def _fault(values: list[str], n_cols: int) -> str:
 
 def _parse_csv(text: str, ref) -> pd.DataFrame:
     "The metadata as strings, with each row's file `line` and `_fault`; DataError naming the file if unreadable."
-    recs = _records(text, "\t" if str(ref).lower().endswith(".tab") else ",", ref)
+    sep = csv_delimiter(text, ref, REQUIRED_COLUMNS)
+    recs = _records(text, sep, ref)
     if not recs:
         raise DataError(f"{ref}: metadata file is empty")
     header = [c.strip('"') or f"unnamed_{i}" for i, c in enumerate(recs[0][2])]
@@ -263,7 +298,8 @@ def _parse_csv(text: str, ref) -> pd.DataFrame:
         header.pop()
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise DataError(f"{ref}: missing required column(s) {missing}; found columns {header}")
+        raise DataError(f"{ref}: missing required column(s) {missing}; found columns {header}"
+                        f"{delimiter_hint(text, sep)}")
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:
         raise DataError(f"{ref}: line {recs[0][0]}: column(s) {twice} appear more than once in the header; keep one")
@@ -277,6 +313,8 @@ def _parse_csv(text: str, ref) -> pd.DataFrame:
     meta = pd.DataFrame([(v + [""] * k)[:k] for _, _, v in recs[1:]], columns=header, dtype=str)
     meta.insert(0, "line", [first for first, _, _ in recs[1:]])
     meta["_fault"] = [_fault(v, k) for _, _, v in recs[1:]]
+    if sep != "," and "age" in meta:  # the same spreadsheets write 45,5 for 45.5
+        meta["age"] = decimal_comma(meta["age"])
     return meta
 
 # %% ../nbs/03_data.ipynb #5f8f2e9d

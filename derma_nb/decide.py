@@ -5,6 +5,7 @@
 # %% ../nbs/14_decide.ipynb #7a2f60c1
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import pandas as pd
 import torch
 
 from .config import CLASSES, log
-from .data import DataError
+from .data import DataError, csv_delimiter, decimal_comma, delimiter_hint
 from .metrics import bootstrap_ratio, label_metrics
 
 # %% auto #0
@@ -194,7 +195,9 @@ def read_context(path: str | Path, files) -> pd.DataFrame:
     "One checked context row per image file from a CSV keyed by `image_id` (the file's stem) or `file`."
     path = Path(path)
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")
+        sep = csv_delimiter(text, path, ("image_id", "file", "age", "sex", "localization", "site"))
+        raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise DataError(f"{path}: metadata file not found") from None
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -202,7 +205,9 @@ def read_context(path: str | Path, files) -> pd.DataFrame:
     key = next((k for k in ("image_id", "file") if k in raw), None)
     if key is None or not {"age", "sex", "localization", "site"} & set(raw):
         raise DataError(f"{path}: needs a column image_id (or file) and any of age, sex, localization (site); "
-                        f"found {list(raw.columns)}")
+                        f"found {list(raw.columns)}{delimiter_hint(text, sep)}")
+    if sep != "," and "age" in raw:  # a European-locale spreadsheet's 45,5
+        raw["age"] = decimal_comma(raw["age"])
     ids = raw[key].map(lambda s: Path(s.strip()).stem)
     if ids.duplicated().any():
         raise DataError(f"{path}: line {int(ids.duplicated().to_numpy().argmax()) + 2}: {key} "

@@ -18,7 +18,7 @@ from torch import nn
 from .cache import dihedral, load_prepared, unit_batch
 from .config import CLASS_NAMES, CLASSES, load_params, log
 from .runtime import write_json
-from .data import IMAGE_SUFFIXES, DataError, decode_for_model, scan_dataset
+from .data import IMAGE_SUFFIXES, DataError, _skip_name, decode_for_model, scan_dataset
 from .metrics import HEADLINE, classification_metrics, prob_text, views_text
 from .decide import (CONTEXT_FIELDS, RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, context_for,
                              context_given, decision_for, describe)
@@ -27,7 +27,7 @@ from .model import ModelFileError, load_model
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'EXPORTERS', 'FORMATS', 'NOTICE', 'SYNTHETIC_WARNING', 'sidecar_path', 'export_onnx', 'onnx_parity',
            'export_checkpoint', 'read_sidecar', 'Predictor', 'expand_image_paths', 'context_line', 'model_line',
-           'predict_table', 'predict_main', 'predict_parity']
+           'predict_table', 'predict_images', 'predict_main', 'predict_parity']
 
 # %% ../nbs/16_export.ipynb #9a6996de
 ONNX_FORMAT = "derma_nb.onnx/1"
@@ -209,8 +209,11 @@ class Predictor:
 
     def load_image(self, path: str | Path) -> np.ndarray:
         "One file → uint8 (S,S,3) exactly as the training cache holds it."
+        path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path}: folder contains no image files ({', '.join(IMAGE_SUFFIXES)})")
         try:
-            data = Path(path).read_bytes()
+            data = path.read_bytes()
         except OSError as e:
             raise DataError(f"{path}: cannot read image file ({e.strerror or e})") from None
         return decode_for_model(data, self.image_size, self.resize, str(path))
@@ -250,40 +253,64 @@ class Predictor:
         d = self.decision_used(context is not None)
         return d.predict(probs) if d else np.asarray(probs).argmax(1)
 
-    def predict_files(self, paths, context: pd.DataFrame | None = None) -> pd.DataFrame:
-        "One row per file: path, pred, confidence, a `prob_<class>` column per class; `context`: a row per file."
+    def predict_files(self, paths, context: pd.DataFrame | None = None, errors: str = "raise") -> pd.DataFrame:
+        """One row per file: path, pred, confidence, a `prob_<class>` column per class; `context`: a row per file;
+        `errors="report"`: a file that cannot be read gets its reason in an `error` column instead of stopping all."""
+        if errors not in ("raise", "report"):
+            raise ValueError(f"errors must be 'raise' or 'report', got {errors!r}")
         paths = [str(p) for p in paths]
-        ctx = (lambda s: None) if context is None else (lambda s: context.iloc[s:s + self.batch_size])  # noqa: E731
-        probs = [self.predict_arrays(np.stack([self.load_image(p) for p in paths[s:s + self.batch_size]]), ctx(s))
-                 for s in range(0, len(paths), self.batch_size)]
-        probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
-        pred = self.predicted_classes(probs, context)
-        df = pd.DataFrame({"path": paths, "pred": [self.classes[k] for k in pred],
-                           "confidence": probs[np.arange(len(pred)), pred]})
+        probs = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
+        reasons: list[str | None] = [None] * len(paths)
+        for s in range(0, len(paths), self.batch_size):
+            rows, images = [], []
+            for i in range(s, min(s + self.batch_size, len(paths))):
+                try:
+                    images.append(self.load_image(paths[i]))
+                    rows.append(i)
+                except DataError as e:
+                    if errors == "raise":
+                        raise
+                    reasons[i] = str(e).removeprefix(f"{paths[i]}: ")  # the row names the file already
+            if rows:
+                probs[rows] = self.predict_arrays(np.stack(images), None if context is None else context.iloc[rows])
+        ok = np.array([r is None for r in reasons], dtype=bool)
+        pred = np.full(len(paths), -1)
+        pred[ok] = self.predicted_classes(probs[ok], context)
+        df = pd.DataFrame({"path": paths, "pred": [self.classes[k] if k >= 0 else None for k in pred],
+                           "confidence": np.where(ok, probs[np.arange(len(pred)), np.maximum(pred, 0)], np.nan)})
         for k, c in enumerate(self.classes):
             df[f"prob_{c}"] = probs[:, k]
+        if errors == "report":
+            df["error"] = reasons
         return df
 
-    def describe_files(self, paths, context: pd.DataFrame | None = None) -> list[dict]:
-        "Per file: top class and probability, the prediction set, the melanoma flag, the context used."
-        df, d = self.predict_files(paths, context), self.decision_used(context is not None)
+    def describe_files(self, paths, context: pd.DataFrame | None = None, errors: str = "raise") -> list[dict]:
+        """Per file: top class and probability, the prediction set, the melanoma flag, the context used;
+        `errors="report"`: an unreadable file's row is {"file", "error"} (its reason) and the rest still answer."""
+        df, d = self.predict_files(paths, context, errors), self.decision_used(context is not None)
         probs = df[[f"prob_{c}" for c in self.classes]].to_numpy()
         given = [None] * len(df) if context is None else context_given(context)
-        return [{"file": f, **describe(p, d, self.classes), "context": g} for f, p, g in zip(df.path, probs, given)]
+        failed = [e if isinstance(e, str) else None for e in df["error"]] if errors == "report" else [None] * len(df)
+        return [{"file": f, "error": e} if e is not None else
+                {"file": f, **describe(p, d, self.classes), "context": g, **({"error": None} if errors == "report" else {})}
+                for f, p, g, e in zip(df.path, probs, given, failed)]
 
 # %% ../nbs/16_export.ipynb #376d2300
 FORMATS = ("table", "csv", "json")
 
 
 def expand_image_paths(paths) -> list[Path]:
-    "Files as given; folders replaced by the image files directly inside them (sorted)."
+    """Files as given; folders replaced by the image files directly inside them (sorted). A folder without any stays
+    itself (reading it names the problem); its other files are named in one log line, never dropped silently."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{p}: folder contains no image files ({', '.join(IMAGE_SUFFIXES)})")
-            out += found
+            files = sorted(f for f in p.iterdir() if f.is_file() and not _skip_name(f.name))
+            found = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            if other := [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]:
+                log.info("%s: %d file(s) without an image extension (%s) not read: %s%s", p, len(other),
+                         ", ".join(IMAGE_SUFFIXES), ", ".join(other[:5]), ", ..." if len(other) > 5 else "")
+            out += found or [p]
         else:
             out.append(p)
     return out
@@ -337,30 +364,39 @@ def predict_table(pred: Predictor, rows: list[dict], context: bool = False) -> s
     d = pred.decision_used(context)
     cover = f"{100 * (1 - d.conformal['alpha']):.0f}% set" if d and d.conformal else "set"
     lines = [NOTICE] + ([SYNTHETIC_WARNING] if pred.synthetic else []) + [model_line(pred, context), ""]
-    moved = [r["top_class"] != r.get("most_probable_class", r["top_class"]) for r in rows]
+    read = [r for r in rows if r.get("error") is None]
+    moved = [r["top_class"] != r.get("most_probable_class", r["top_class"]) for r in read]
     tops = [f"{r['top_class']:<5} {CLASS_NAMES.get(r['top_class'], '')}{' *' if m else ''}".rstrip()
-            for r, m in zip(rows, moved)]
-    sets = [", ".join(r["prediction_set"]) if r["prediction_set"] is not None else "–" for r in rows]
-    ctx = [_context_text(r.get("context")) for r in rows] if context else []
+            for r, m in zip(read, moved)]
+    sets = [", ".join(r["prediction_set"]) if r["prediction_set"] is not None else "–" for r in read]
+    ctx = [_context_text(r.get("context")) for r in read] if context else []
     w, tw, sw, cw = (max([len(h)] + [len(v) for v in col]) for h, col in
                      (("image", [Path(r["file"]).name for r in rows]), ("predicted class", tops), (cover, sets),
                       ("context", ctx)))
     head = f"{'image':<{w}}  {'predicted class':<{tw}}  {'prob':>7}  {cover:<{sw}}  melanoma"
     lines.append((head + (f"   {'context':<{cw}}" if context else "")).rstrip())
-    for i, (r, top, pset) in enumerate(zip(rows, tops, sets)):
+    cells = iter(zip(read, tops, sets, ctx or [""] * len(read)))
+    for r in rows:
+        if r.get("error") is not None:
+            lines.append(f"{Path(r['file']).name:<{w}}  NOT READ: {r['error']}")
+            continue
+        r, top, pset, c = next(cells)
         flag = {True: "SUSPECTED", False: "-", None: "n/a"}[r["melanoma_suspected"]]
         line = f"{Path(r['file']).name:<{w}}  {top:<{tw}}  {prob_text(r['top_probability']):>7}  {pset:<{sw}}  {flag:<9}"
-        lines.append((line + f"  {ctx[i]:<{cw}}" if context else line).rstrip())
+        lines.append((line + f"  {c:<{cw}}" if context else line).rstrip())
     if any(moved):
         lines += ["", f"* not the most probable class: the prior correction (tau = {d.tau:g}, chosen on validation) "
                       "gave the rarer class the close call; --format json also gives most_probable_class"]
+    if failed := len(rows) - len(read):
+        lines += ["", f"{failed} of {len(rows)} file(s) could not be read: no prediction for them"]
     return "\n".join(lines)
 
 # %% ../nbs/16_export.ipynb #798f1aeb
-def predict_main(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "table", device: str = "cpu",
-                 batch_size: int = 64, views: int | None = None, metadata: str | Path | None = None,
-                 age=None, sex=None, site=None) -> str:
-    "Decision support for image files (or folders), with the patient context if given: a table, or csv/json."
+def predict_images(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "table", device: str = "cpu",
+                   batch_size: int = 64, views: int | None = None, metadata: str | Path | None = None,
+                   age=None, sex=None, site=None) -> tuple[str, dict[str, str]]:
+    """Decision support for image files (or folders), with the patient context if given: a table, or csv/json; and
+    {file: reason} for the files that could not be read (each also a row of the output, with its `error`)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     files = expand_image_paths(paths)
@@ -370,24 +406,33 @@ def predict_main(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "tabl
     pred = Predictor(model_path, device=device, batch_size=batch_size, views=views)
     if context is not None and pred.context_decision is None:
         log.warning("%s", context_line(pred, True))
-    rows = pred.describe_files(files, context)
+    rows = pred.describe_files(files, context, errors="report")
+    failed = {r["file"]: r["error"] for r in rows if r["error"] is not None}
     if fmt == "table":
-        return predict_table(pred, rows, context is not None)
+        return predict_table(pred, rows, context is not None), failed
     if pred.synthetic:
         log.warning("%s", SYNTHETIC_WARNING)
     used = context is not None and pred.context_decision is not None
-    flat = [{"file": r["file"], "top_class": r["top_class"], "top_probability": r["top_probability"],
-             "most_probable_class": r["most_probable_class"], "prediction_set": r["prediction_set"], "melanoma_suspected": r["melanoma_suspected"],
-             "context": r["context"], "context_used": used and r["context"] is not None,
-             "synthetic_model": bool(pred.synthetic), **{f"prob_{c}": v for c, v in r["probabilities"].items()}}
+    flat = [{"file": r["file"], "top_class": r.get("top_class"), "top_probability": r.get("top_probability"),
+             "most_probable_class": r.get("most_probable_class"), "prediction_set": r.get("prediction_set"),
+             "melanoma_suspected": r.get("melanoma_suspected"), "context": r.get("context"),
+             "context_used": used and r.get("context") is not None, "synthetic_model": bool(pred.synthetic),
+             **{f"prob_{c}": (r.get("probabilities") or {}).get(c) for c in pred.classes}, "error": r["error"]}
             for r in rows]
     if fmt == "json":
         return json.dumps({"notice": NOTICE, "model": model_line(pred, context is not None),
-                           "synthetic_model": bool(pred.synthetic), "images": flat}, indent=2)
-    cols = lambda r, probs: {k: v for k, v in r.items() if k.startswith("prob_") == probs and k != "context"}  # noqa: E731
+                           "synthetic_model": bool(pred.synthetic), "images": flat}, indent=2), failed
+    cols = lambda r, probs: {k: v for k, v in r.items() if k.startswith("prob_") == probs and k not in ("context", "error")}  # noqa: E731
     return pd.DataFrame([{**cols(r, False), "prediction_set": "|".join(r["prediction_set"] or []),
-                          **{f"context_{f}": (r["context"] or {}).get(f) for f in CONTEXT_FIELDS}, **cols(r, True)}
-                         for r in flat]).to_csv(index=False)
+                          **{f"context_{f}": (r["context"] or {}).get(f) for f in CONTEXT_FIELDS}, "error": r["error"],
+                          **cols(r, True)} for r in flat]).to_csv(index=False), failed
+
+
+def predict_main(paths, model_path: str | Path = RELEASE_MODEL, fmt: str = "table", device: str = "cpu",
+                 batch_size: int = 64, views: int | None = None, metadata: str | Path | None = None,
+                 age=None, sex=None, site=None) -> str:
+    "What `predict_images` writes, without the list of unreadable files (they are rows of the text all the same)."
+    return predict_images(paths, model_path, fmt, device, batch_size, views, metadata, age, sex, site)[0]
 
 # %% ../nbs/16_export.ipynb #c9d1e62d
 def predict_parity(run_dir: str | Path = ".", model: str | Path | None = None) -> dict:

@@ -120,6 +120,9 @@ def external_markdown(res: dict, info: dict) -> str:
                                                                        for r in res["conformal"]["table"]])]
     shown = subgroup_display(pd.DataFrame(res["subgroups"])).reset_index() if res["subgroups"] else pd.DataFrame()
     md += ["\n## Subgroups\n", _table(list(shown.columns), shown.values.tolist()) if len(shown) else "None.\n"]
+    if left := info.get("left_out"):  # lenient mode: every row or image not scored, with its reason
+        md += [f"\n## Left out ({len(left)})\n", "Not scored (lenient mode reads past them); fix them to include them.\n\n",
+               _table(["what", "where", "reason"], [[x["what"], x["where"], x["reason"]] for x in left])]
     return "\n".join(md)
 
 # %% ../nbs/22_external.ipynb #1dbb8494
@@ -136,7 +139,8 @@ def evaluate_external(data_dir: str | Path, model_path: str | Path = RELEASE_MOD
     res = external_results(prep, probs, pred, n_boot, seed)
     info = {"name": name, "model": str(model_path), "model_sha256": sha256_file(model_path),
             "arch": pred.meta.get("arch", "?"), "views": pred.views, "data": str(data_dir), "synthetic_model": bool(pred.synthetic),
-            "synthetic_data": bool(prep.manifest.get("synthetic")), "overlap": training_overlap(prep.table, prepared_dir)}
+            "synthetic_data": bool(prep.manifest.get("synthetic")), "overlap": training_overlap(prep.table, prepared_dir),
+            "left_out": json.loads((prep.dir / "report.json").read_text(encoding="utf-8"))["skipped"]}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = external_markdown(res, info)

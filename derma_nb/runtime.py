@@ -5,10 +5,13 @@
 # %% ../nbs/01_runtime.ipynb #abb8992a
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,8 @@ import numpy as np
 from .config import ParamsError, log
 
 # %% auto #0
-__all__ = ['PORTABLE_THREADS', 'seed_everything', 'portable_env', 'cpu_arithmetic', 'pick_device', 'write_json', 'sha256_file']
+__all__ = ['PORTABLE_THREADS', 'seed_everything', 'portable_env', 'cpu_arithmetic', 'pick_device', 'scratch_dir',
+           'remove_scratch', 'write_json', 'sha256_file']
 
 # %% ../nbs/01_runtime.ipynb #4e4a54e7
 def seed_everything(seed: int, deterministic: bool = True) -> dict:
@@ -92,6 +96,25 @@ def pick_device(requested: str = "auto"):
     if not has[requested]:
         raise ParamsError(f"device: '{requested}' was requested but is not available here; use 'auto' or 'cpu'")
     return torch.device(requested)
+
+# %% ../nbs/01_runtime.ipynb #50ce9ce3
+_SCRATCH: list[Path] = []
+
+
+def scratch_dir(prefix: str = "derma-nb-") -> Path:
+    "A new empty temporary folder, removed by `remove_scratch()` (at the latest when Python exits)."
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _SCRATCH.append(path)
+    return path
+
+
+@atexit.register
+def remove_scratch() -> int:
+    "Remove every folder `scratch_dir` made in this process; how many there were."
+    n = len(_SCRATCH)
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+    return n
 
 # %% ../nbs/01_runtime.ipynb #edcfdc10
 def _json_default(o):

@@ -218,6 +218,31 @@ def test_bom_and_crlf_read_the_same(sample):
     pd.testing.assert_frame_equal(odd, plain)
 
 
+@pytest.mark.parametrize("sep,name", [(";", "';'"), ("\t", "tab")])
+def test_semicolon_and_tab_metadata_prepare_the_same_as_comma(pristine, prepared, tmp_path, caplog, sep, name):
+    "A European-locale spreadsheet's `;` (with decimal-comma ages) and a tab-separated export read as the comma file."
+    ds = Path(shutil.copytree(pristine, tmp_path / "ds"))
+    df = meta_df(ds)
+    assert df.age.str.contains(r"\.").any()  # the sample has decimal ages: a European spreadsheet writes 45,0
+    out = df.assign(age=df.age.str.replace(".", ",", regex=False)) if sep == ";" else df
+    out.to_csv(ds / META, sep=sep, index=False)
+    assert f"lesion_id{sep}image_id" in (ds / META).read_text()
+    pd.testing.assert_frame_equal(read_metadata(ds / META), read_metadata(pristine / META))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        p = prepare_dataset(ds, tmp_path / "out", image_size=SIZE)
+    assert f"read with {name} as the delimiter" in caplog.text
+    pd.testing.assert_frame_equal(p.table, prepared.table)  # same rows, split, ages, lines
+    assert np.array_equal(np.asarray(p.images), np.asarray(prepared.images)) and p.manifest["skipped"] == 0
+
+
+def test_metadata_with_another_delimiter_names_it(sample):
+    df = meta_df(sample)
+    df.to_csv(sample / META, sep="|", index=False)
+    with pytest.raises(DataError, match=r"missing required column.*seems to use '\|' as its delimiter"):
+        read_metadata(sample / META)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # metadata ↔ image problems and broken images: strict errors
 # ---------------------------------------------------------------------------------------------------------------
