@@ -27,17 +27,18 @@ from .sample import is_synthetic
 from .split import SPLITS, lesion_groups, lesion_split
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'match_files', 'decode_all', 'PreparedData', 'load_prepared', 'prepare_dataset',
-           'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler', 'cache_loader', 'unit_batch',
-           'BatchAugment', 'dihedral']
+__all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'byte_copies', 'match_files', 'decode_all', 'PreparedData', 'load_prepared',
+           'prepare_dataset', 'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler', 'cache_loader',
+           'unit_batch', 'BatchAugment', 'dihedral']
 
 # %% ../nbs/05_cache.ipynb #00339813
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 "Bumped whenever the cache layout, the preprocessing or the split changes, so old caches are rebuilt."
 
 
-def dataset_fingerprint(files: DatasetFiles) -> str:
-    "sha256 over the metadata bytes and every image's (id, bytes): the dataset's content identity."
+def dataset_fingerprint(files: DatasetFiles, digests: dict[str, str] | None = None) -> str:
+    """sha256 over the metadata bytes and every image's (id, bytes): the dataset's content identity. `digests`, when
+    given, receives each image's own sha256 (image_id → hex), read in the same pass."""
     h = hashlib.sha256(files.metadata.read_bytes())
     zips: dict[Path, zipfile.ZipFile] = {}
     try:
@@ -48,11 +49,24 @@ def dataset_fingerprint(files: DatasetFiles) -> str:
             else:
                 z = zips.get(ref.path) or zips.setdefault(ref.path, zipfile.ZipFile(ref.path))
                 data = z.read(ref.member)
-            h.update(image_id.encode() + b"\0" + hashlib.sha256(data).digest())
+            d = hashlib.sha256(data)
+            h.update(image_id.encode() + b"\0" + d.digest())
+            if digests is not None:
+                digests[image_id] = d.hexdigest()
     finally:
         for z in zips.values():
             z.close()
     return h.hexdigest()
+
+# %% ../nbs/05_cache.ipynb #2bc915d8
+def byte_copies(meta: pd.DataFrame, digests: dict[str, str]) -> list[tuple[str, str]]:
+    "(image, copy) pairs of byte-identical image files of different lesions, the first image_id of each set first."
+    d = meta[["image_id", "lesion_id"]].assign(sha=meta.image_id.map(digests)).dropna(subset=["sha"])
+    out = []
+    for _, g in d.sort_values("image_id").groupby("sha", sort=True):
+        first = g.iloc[0]
+        out += [(first.image_id, r.image_id) for r in g.iloc[1:].itertuples() if r.lesion_id != first.lesion_id]
+    return out
 
 # %% ../nbs/05_cache.ipynb #d8e9b1de
 def match_files(meta: pd.DataFrame, files: DatasetFiles, lenient: bool, report: DataReport) -> pd.DataFrame:
@@ -188,15 +202,23 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
     report = DataReport(source=str(data_dir), images_found=len(files.images),
                         duplicates_ignored=len(files.duplicates_ignored))
     meta = read_metadata(files.metadata, lenient, report)
-    key = {"format": CACHE_FORMAT, "dataset_sha256": dataset_fingerprint(files), "image_size": image_size,
+    digests: dict[str, str] = {}
+    key = {"format": CACHE_FORMAT, "dataset_sha256": dataset_fingerprint(files, digests), "image_size": image_size,
            "resize": resize, "fractions": list(fractions), "seed": seed, "lenient": lenient, "split_all": split_all}
     if not force and (hit := _cached(out, key)) is not None:
         return hit
     meta = match_files(meta, files, lenient, report)
-    meta["group"] = lesion_groups(meta).values
+    copies = byte_copies(meta, digests)
+    if copies:
+        lesion = dict(zip(meta.image_id, meta.lesion_id))
+        report.copies = [{"image_id": b, "lesion_id": lesion[b], "copy_of": a, "copy_of_lesion_id": lesion[a]}
+                         for a, b in copies]
+        log.warning("%d image(s) have the same bytes as an image of another lesion, e.g. %s = %s: each copy is kept on "
+                    "its original's side of the split (report.json lists them all)", len(copies), *copies[0][::-1])
+    meta["group"] = lesion_groups(meta, copies=copies).values
     try:
         # decided before any image is decoded; an external test set puts every image in one split
-        meta["split"] = split_all if split_all else lesion_split(meta, fractions, seed).values
+        meta["split"] = split_all if split_all else lesion_split(meta, fractions, seed, copies=copies).values
     except DataError as e:  # the metadata's fault: name it (and what lenient mode left out)
         skipped = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
         raise DataError(f"{files.metadata}{skipped}: {e}") from None

@@ -28,8 +28,9 @@ KNOWN_DUPLICATES: tuple[tuple[str, str, float], ...] = (
 "Image pairs that show one lesion under two lesion_ids (Abhishek et al., Sci. Data 2025): (image, image, similarity)."
 
 # %% ../nbs/04_split.ipynb #968bcc6c
-def lesion_groups(meta: pd.DataFrame, pairs=KNOWN_DUPLICATES) -> pd.Series:
-    "The split unit of every row: its lesion_id, or the smallest lesion_id of the lesions known to be the same."
+def lesion_groups(meta: pd.DataFrame, pairs=KNOWN_DUPLICATES, copies=()) -> pd.Series:
+    """The split unit of every row: its lesion_id, or the smallest lesion_id of the lesions known to be the same.
+    `pairs` join lesions of one diagnosis; `copies` (image files with the same bytes) join whatever their labels say."""
     parent = {l: l for l in meta.lesion_id.unique()}
 
     def root(x):
@@ -40,11 +41,14 @@ def lesion_groups(meta: pd.DataFrame, pairs=KNOWN_DUPLICATES) -> pd.Series:
 
     lesion_of = dict(zip(meta.image_id, meta.lesion_id))
     dx_of = dict(zip(meta.lesion_id, meta.dx))
-    for a, b, *_ in pairs:
+    for a, b, *_ in [(*p, False) for p in pairs] + [(a, b, 1.0, True) for a, b in copies]:
         la, lb = lesion_of.get(a), lesion_of.get(b)
         if la is None or lb is None or la == lb:
             continue
-        if dx_of[la] != dx_of[lb]:
+        if dx_of[la] != dx_of[lb] and _[-1]:  # one picture under two labels: a leak whichever label is right
+            log.warning("images %s and %s are the same file but labelled %s (lesion %s) and %s (lesion %s): kept on "
+                        "one side of the split", a, b, dx_of[la], la, dx_of[lb], lb)
+        elif dx_of[la] != dx_of[lb]:
             log.warning("known duplicate %s / %s joins lesions with different dx (%s, %s): not joined", a, b,
                         dx_of[la], dx_of[lb])
             continue
@@ -109,9 +113,10 @@ def check_lesion_disjoint(meta: pd.DataFrame, split: pd.Series, groups: pd.Serie
             raise DataError(f"{len(leaked)} {unit}(s) span two splits, e.g. {list(leaked.index[:5])}")
 
 # %% ../nbs/04_split.ipynb #9d1ad07e
-def lesion_split(meta: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0, pairs=KNOWN_DUPLICATES) -> pd.Series:
-    "Assign each image to train/val/test so that no lesion (nor known duplicate) spans two splits, stratified by dx."
-    groups = lesion_groups(meta, pairs)
+def lesion_split(meta: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0, pairs=KNOWN_DUPLICATES,
+                 copies=()) -> pd.Series:
+    "Assign each image to train/val/test so that no lesion (nor known duplicate, nor copy) spans two splits, by dx."
+    groups = lesion_groups(meta, pairs, copies)
     groups_dx = pd.Series(meta.dx.values, index=groups.values).groupby(level=0).first().sort_index()
     plan = split_plan(groups_dx)
     big = groups_dx[groups_dx.isin(plan["stratified"])]
