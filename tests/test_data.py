@@ -1071,3 +1071,28 @@ def test_failed_prepare_leaves_no_temporary_file(sample):
     with pytest.raises(DataError):
         prepare_dataset(sample, out, image_size=SIZE)
     assert not list(out.glob("*.tmp*")) and not (out / "images.npy").exists()
+
+
+def test_byte_identical_copies_of_other_lesions_never_cross_the_split(tmp_path):
+    "Copies planted under new lesion_ids (in zips, renamed, one with another diagnosis) sit on their original's side."
+    d = tmp_path / "data"
+    make_synthetic_sample(d, lesions={c: 6 for c in CLASSES})
+    m = pd.read_csv(d / "HAM10000_metadata.csv")
+    src = m.drop_duplicates("lesion_id").sample(12, random_state=1)
+    planted = src.assign(image_id=[f"DUP_{i:02d}" for i in range(12)], lesion_id=[f"HAM_DUP_{i:02d}" for i in range(12)])
+    planted.loc[planted.index[:3], "dx"] = "df"
+    for a, b in zip(src.image_id, planted.image_id):
+        (d / "images" / f"{b}.jpg").write_bytes((d / "images" / f"{a}.jpg").read_bytes())
+    pd.concat([m, planted]).to_csv(d / "HAM10000_metadata.csv", index=False)
+    prep = prepare_dataset(d, tmp_path / "prep", image_size=16)
+    t = prep.table.set_index("image_id")
+    assert (t.split[planted.image_id].to_numpy() == t.split[src.image_id].to_numpy()).all()
+    assert (t.group[planted.image_id].to_numpy() == t.group[src.image_id].to_numpy()).all()
+    check_lesion_disjoint(prep.table, prep.table.split, prep.table.group)
+    copies = json.loads((tmp_path / "prep" / "report.json").read_text())["copies"]
+    assert {frozenset((c["image_id"], c["copy_of"])) for c in copies} == \
+        {frozenset(p) for p in zip(src.image_id, planted.image_id)}
+    # without the copies the split would have put some of them on another side: the test can fail
+    plain = lesion_split(prep.table, seed=0)
+    assert (plain.to_numpy()[t.index.get_indexer(planted.image_id)]
+            != plain.to_numpy()[t.index.get_indexer(src.image_id)]).any()
