@@ -81,7 +81,7 @@ def test_release_refuses_synthetic_then_releases_with_force(released, monkeypatc
     rc, out, _ = release_cli(repo, monkeypatch, capsys, "releases")
     assert rc == 0 and "v1.0.0" in out and "prod" in out and "SYNTHETIC" in out
     rc, out, _ = release_cli(repo, monkeypatch, capsys, "release", "--show", "v1.0.0")
-    assert rc == 0 and "signed off by Dr A" in out and "Macro F1" in out
+    assert rc == 0 and "signed off by Dr A" in out and "macro F1" in out
 
 
 def test_health_says_released_and_a_changed_byte_is_unreviewed(released, monkeypatch, capsys):
