@@ -15,6 +15,7 @@ import pandas as pd
 
 from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
 from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, prior_text
+from .release import review_section
 from .stage import run_identity
 
 # %% auto #0
@@ -277,12 +278,13 @@ def limits_section(f: dict) -> str:
 
 # %% ../nbs/21_card.ipynb #deaf95a9
 def card_markdown(f: dict) -> str:
-    "The whole model card as Markdown."
+    "The whole model card as Markdown (`f['release']`: the release record it states, if any)."
     head = f"# Model card — derma-nb `{f['test'].get('model', f['params'].model.arch)}`\n\n"
     warn = f"> {SYNTHETIC_NOTE}\n\n" if f["synthetic"] else ""
     parts = [model_section, data_section, lambda _: INTENDED_USE, metrics_section, calibration_section,
              operating_section, conformal_section, subgroup_section, limits_section]
-    return head + warn + "\n".join(s(f) for s in parts)
+    # the pipeline's card is written before anyone reviews the run: "not reviewed" unless a release is given
+    return head + warn + review_section(f.get("release")) + "\n" + "\n".join(s(f) for s in parts)
 
 
 def markdown_page(md: str, title: str) -> str:

@@ -20,9 +20,9 @@ from .config import ParamsError, flat_dict, load_params, log
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command', 'overrides', 'params', 'cmd_sample', 'cmd_prepare', 'cmd_fetch', 'cmd_train', 'cmd_export',
-           'cmd_predict', 'cmd_evaluate', 'cmd_serve', 'cmd_report', 'cmd_results', 'cmd_plots', 'cmd_docs',
-           'cmd_public', 'cmd_scan', 'data_present', 'profile_sets', 'leftover_params', 'run_summary', 'pipeline_sets',
-           'cmd_run', 'parser', 'user_errors', 'main']
+           'cmd_predict', 'cmd_evaluate', 'cmd_serve', 'cmd_release', 'cmd_releases', 'cmd_report', 'cmd_results',
+           'cmd_plots', 'cmd_docs', 'cmd_public', 'cmd_scan', 'data_present', 'profile_sets', 'leftover_params',
+           'run_summary', 'pipeline_sets', 'cmd_run', 'parser', 'user_errors', 'main']
 
 # %% ../nbs/23_cli.ipynb #1cd7e362
 COMMANDS: dict[str, tuple] = {}
@@ -147,10 +147,14 @@ def cmd_export(args) -> int:
          ("--sex", {"help": "male or female, for every image given"}),
          ("--site", {"help": "the lesion's body site as HAM10000 names it (back, face, lower extremity, ...)"}),
          ("--metadata", {"help": "CSV with a row per image: image_id (file name without extension) or file, and any "
-                                 "of age, sex, localization (site)"}))
+                                 "of age, sex, localization (site)"}),
+         ("--allow-rejected", {"action": "store_true", "help": "use a model the gates rejected"}))
 def cmd_predict(args) -> int:
     "Print decision support for images (the notice first); each unreadable file is an error line, and exit code 1."
     from derma_nb.export import predict_images
+    from derma_nb.release import check_servable, model_release_status
+
+    check_servable(model_release_status(args.model), args.allow_rejected) if Path(args.model).exists() else None
 
     text, failed = predict_images(args.images, args.model, fmt=args.format, views=args.views, metadata=args.metadata,
                                   age=args.age, sex=args.sex, site=args.site)
@@ -158,8 +162,10 @@ def cmd_predict(args) -> int:
     for f, why in failed.items():
         print(f"derma-nb predict: error: {f}: {why}", file=sys.stderr)
     if failed:
-        print(f"derma-nb predict: {len(failed)} file(s) could not be read and have no prediction (listed above, and "
-              f"in the output with their error); every other file was predicted", file=sys.stderr)
+        n = len(failed)
+        print(f"derma-nb predict: {n} file{'s' if n > 1 else ''} could not be read and {'have' if n > 1 else 'has'} no "
+              f"prediction (listed above, and in the output with the error); every other file was predicted",
+              file=sys.stderr)
     return 1 if failed else 0
 
 # %% ../nbs/23_cli.ipynb #e8f743cc
@@ -189,12 +195,50 @@ def cmd_evaluate(args) -> int:
          ("--views", {"type": int, "help": "test-time views with their own stored decisions (default: the model's; "
                                            "1 = fastest)"}),
          ("--cam-model", {"default": "artifacts/release/model.pt", "help": "PyTorch checkpoint for Grad-CAM overlays"}),
-         ("--max-batch", {"type": int, "default": 16, "help": "most concurrent requests predicted in one call"}))
+         ("--max-batch", {"type": int, "default": 16, "help": "most concurrent requests predicted in one call"}),
+         ("--allow-rejected", {"action": "store_true", "help": "serve a model the gates rejected"}))
 def cmd_serve(args) -> int:
     "Serve until interrupted (Ctrl+C)."
     from derma_nb.serve import serve
 
-    serve(args.model, args.host, args.port, args.views, args.cam_model, max_batch=args.max_batch)
+    serve(args.model, args.host, args.port, args.views, args.cam_model, max_batch=args.max_batch,
+          allow_rejected=args.allow_rejected)
+    return 0
+
+# %% ../nbs/23_cli.ipynb #dcce8edf
+@command("release", "a reviewer signs off the promoted run: a release record in releases/, a GTO tag, a bundle",
+         ("--version", {"help": "semantic version, e.g. 1.0.0 (tagged model@v1.0.0)"}),
+         ("--reviewer", {"help": "who reviewed the run"}),
+         ("--note", {"help": "what was reviewed, and the decision"}),
+         ("--caveat", {"action": "append", "default": [], "help": "a caveat for the model card (repeatable)"}),
+         ("--stage", {"choices": ("staging", "prod"), "help": "assign the release to a stage in the registry"}),
+         ("--force", {"action": "store_true", "help": "release a REJECTED or SYNTHETIC run anyway (the record says so)"}),
+         ("--show", {"metavar": "VERSION", "help": "print the record of a released version instead"}))
+def cmd_release(args) -> int:
+    "Release the run in the current folder, or show a release."
+    from derma_nb.release import BUNDLE_DIR, RELEASES_DIR, ReleaseError, release, release_text, show_release
+
+    if args.show:
+        print(release_text(show_release(".", args.show)))
+        return 0
+    if not args.version:
+        raise ReleaseError("give --version X.Y.Z (or --show X.Y.Z to print a release)")
+    rec = release(".", args.version, args.reviewer or "", args.note or "", args.caveat, args.stage, args.force)
+    for reason in rec["forced"]:
+        log.warning("released although %s (--force)", reason)
+    stage = f" ({rec['stage']})" if rec["stage"] else ""
+    print(f"released {rec['version']}{stage}: record "
+          f"{RELEASES_DIR}/{rec['version']}.json (committed), tag model@{rec['version']}, bundle "
+          f"{BUNDLE_DIR}/{rec['version']}/")
+    return 0
+
+
+@command("releases", "list the releases (version, stage, date, reviewer, run, data, model sha256)")
+def cmd_releases(args) -> int:
+    "Print the release records of this repository."
+    from derma_nb.release import releases, releases_table
+
+    print(releases_table(releases(".")))
     return 0
 
 # %% ../nbs/23_cli.ipynb #b3cb890f
@@ -375,13 +419,14 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/23_cli.ipynb #5a001d5a
 def user_errors() -> tuple[type, ...]:
-    "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights, docs)."
+    "The exception types that mean the user can fix it (bad param, data, download, model file, missing weights, docs, release)."
     from derma_nb.data import DataError
     from derma_nb.docs import DocsError
     from derma_nb.fetch import FetchError
     from derma_nb.model import ModelFileError, WeightsUnavailable
+    from derma_nb.release import ReleaseError
 
-    return ParamsError, DataError, FetchError, ModelFileError, WeightsUnavailable, DocsError
+    return ParamsError, DataError, FetchError, ModelFileError, WeightsUnavailable, DocsError, ReleaseError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,6 +203,14 @@ class Predictor:
         self.context_decision = decision_for(self.meta, self.views, context=True) if main else None
         self.synthetic = (self.meta.get("data") or {}).get("synthetic")
 
+    @property
+    def release_status(self) -> str:
+        "Released (version, stage, reviewer), UNREVIEWED candidate or REJECTED by the gates, from the file's sha256."
+        if not hasattr(self, "_release_status"):
+            from derma_nb.release import model_release_status
+            self._release_status = model_release_status(self.path)
+        return self._release_status
+
     def __repr__(self):
         return (f"Predictor({str(self.path)!r}, {self.kind}, {len(self.classes)} classes, "
                 f"{self.image_size} px {self.resize}, {self.views} view(s))")
@@ -337,6 +345,7 @@ def model_line(pred: Predictor, context: bool = False) -> str:
     "One paragraph on the model: file, backbone, size, views, calibration, context, the melanoma threshold, the sets."
     d, m = pred.decision_used(context), pred.meta
     parts = [f"model {pred.path}: {m.get('arch', '?')}, {pred.image_size} px, {views_text(pred.views)}"]
+    parts.append(pred.release_status)  # released, UNREVIEWED or REJECTED
     if d is not None:
         parts += [f"calibrated (T = {d.temperature:.2f})", context_line(pred, context)]
         if d.tau:

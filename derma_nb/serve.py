@@ -23,6 +23,7 @@ from .data import DataError, decode_for_model
 from .decide import RELEASE_MODEL, RELEASE_ONNX, SITES, check_context, context_given, describe
 from .export import NOTICE, SYNTHETIC_WARNING, Predictor, model_line
 from .metrics import prob_text, views_text
+from .release import check_servable
 from .runtime import sha256_file
 
 # %% ../nbs/25_serve.ipynb #4437aec0
@@ -75,7 +76,7 @@ class ServedModel:
     def health(self) -> dict:
         p, m = self.predictor, self.predictor.meta
         return {"status": "ok", "model": m.get("arch", "?"), "model_file": str(p.path), "format": p.kind,
-                "sha256": self.sha256, "data": {True: "SYNTHETIC", False: "real"}.get(p.synthetic, "unknown"),
+                "sha256": self.sha256, "release": p.release_status, "data": {True: "SYNTHETIC", False: "real"}.get(p.synthetic, "unknown"),
                 "run_id": (m.get("release") or {}).get("run_id"), "image_size": p.image_size, "views": p.views,
                 "decisions": p.decision is not None, "classes": list(p.classes),
                 "patient_context": p.context_decision is not None,
@@ -178,8 +179,8 @@ def add_predict(app, served: ServedModel, batcher: MicroBatcher, max_bytes: int 
 # %% ../nbs/25_serve.ipynb #21dbf415
 def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
                cam_model: str | Path | None = RELEASE_MODEL, card: str | Path = "reports/model_card.html",
-               max_batch: int = 16, max_bytes: int = MAX_UPLOAD_BYTES):
-    "The FastAPI app serving `model_path` (see above for the routes)."
+               max_batch: int = 16, max_bytes: int = MAX_UPLOAD_BYTES, allow_rejected: bool = False):
+    "The FastAPI app serving `model_path` (see above for the routes); refuses a model the gates rejected unless allowed."
     from contextlib import asynccontextmanager
 
     from fastapi.exceptions import RequestValidationError
@@ -187,6 +188,7 @@ def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
     from fastapi.responses import FileResponse, HTMLResponse
 
     served = ServedModel(model_path, views, cam_model)
+    check_servable(served.predictor.release_status, allow_rejected)
     batcher = MicroBatcher(served.predictor.predict_arrays, max_batch)
 
     @asynccontextmanager
@@ -204,7 +206,7 @@ def create_app(model_path: str | Path = RELEASE_ONNX, views: int | None = None,
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error(422, f"bad request ({where}); send the image as multipart form field `file`")
 
-    @app.get("/health", summary="The model served, its sha256 and the data it was trained on")
+    @app.get("/health", summary="The model served, its sha256, its release status and the data it was trained on")
     async def health():
         return {**served.health(), "requests": batcher.images, "model_calls": batcher.calls}
 
@@ -325,6 +327,8 @@ def page_html(served: ServedModel) -> str:
 
     p = served.predictor
     warning = f'\n<p class="warn">{html.escape(SYNTHETIC_WARNING)}</p>' if p.synthetic else ""
+    if not p.release_status.startswith("released"):  # beside the synthetic warning: no reviewer signed this model off
+        warning += f'\n<p class="warn">Release status: {html.escape(p.release_status)} (no reviewer has signed it off).</p>'
     note = "; weighs in beside the image" if p.context_decision else "; this model stores none, so it is not used"
     sites = "".join(f"<option>{html.escape(s)}</option>" for s in SITES)
     return Template(PAGE).substitute(notice=html.escape(NOTICE), warning=warning, context_note=note, sites=sites,
@@ -333,12 +337,12 @@ def page_html(served: ServedModel) -> str:
 # %% ../nbs/25_serve.ipynb #4fcb8e5e
 def serve(model_path: str | Path = RELEASE_ONNX, host: str = "127.0.0.1", port: int = 8000, views: int | None = None,
           cam_model: str | Path | None = RELEASE_MODEL, card: str | Path = "reports/model_card.html",
-          max_batch: int = 16):
+          max_batch: int = 16, allow_rejected: bool = False):
     "Serve the model on http://host:port (page at /, API docs at /docs) until interrupted."
     import uvicorn
 
-    app = create_app(model_path, views, cam_model, card, max_batch)
+    app = create_app(model_path, views, cam_model, card, max_batch, allow_rejected=allow_rejected)
     h = app.state.served.health()
-    print(f"serving {h['model']} ({h['format']}, {h['views']} view(s), data: {h['data']}) from {model_path}\n"
+    print(f"serving {h['model']} ({h['format']}, {h['views']} view(s), data: {h['data']}) from {model_path}: {h['release']}\n"
           f"open http://{host}:{port}/ (API docs at http://{host}:{port}/docs); Ctrl+C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
