@@ -24,7 +24,7 @@ from .config import CLASSES, log
 from .runtime import write_json
 from .data import DataError, DataReport, DatasetFiles, decode_for_model, read_metadata, scan_dataset
 from .sample import is_synthetic
-from .split import SPLITS, lesion_groups, lesion_split
+from .split import KNOWN_DUPLICATES, SPLITS, lesion_groups, lesion_split, read_duplicates
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'byte_copies', 'match_files', 'decode_all', 'PreparedData', 'load_prepared',
@@ -195,16 +195,19 @@ def _write_outputs(out: Path, meta: pd.DataFrame, report: DataReport, key: dict,
 # %% ../nbs/05_cache.ipynb #7d4f662b
 def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int = 64, resize: str = "center_crop",
                     fractions=(0.8, 0.1, 0.1), seed: int = 0, lenient: bool = False, workers: int = 2,
-                    force: bool = False, split_all: str | None = None) -> PreparedData:
-    "Scan, validate, split by lesion and decode every image once into a memory-mapped uint8 cache under `out_dir`."
+                    force: bool = False, split_all: str | None = None, duplicates: str | Path | None = None) -> PreparedData:
+    """Scan, validate, split by lesion and decode every image once into a memory-mapped uint8 cache under `out_dir`;
+    `duplicates` names a CSV of confirmed duplicate pairs kept together beside the published ones."""
     t0, out = time.perf_counter(), Path(out_dir)
     files = scan_dataset(data_dir)
     report = DataReport(source=str(data_dir), images_found=len(files.images),
                         duplicates_ignored=len(files.duplicates_ignored))
     meta = read_metadata(files.metadata, lenient, report)
+    confirmed = read_duplicates(duplicates) if duplicates else []
     digests: dict[str, str] = {}
     key = {"format": CACHE_FORMAT, "dataset_sha256": dataset_fingerprint(files, digests), "image_size": image_size,
-           "resize": resize, "fractions": list(fractions), "seed": seed, "lenient": lenient, "split_all": split_all}
+           "resize": resize, "fractions": list(fractions), "seed": seed, "lenient": lenient, "split_all": split_all,
+           "confirmed_duplicates": sorted(f"{a}={b}" for a, b, _ in confirmed)}
     if not force and (hit := _cached(out, key)) is not None:
         return hit
     meta = match_files(meta, files, lenient, report)
@@ -215,10 +218,11 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
                          for a, b in copies]
         log.warning("%d image(s) have the same bytes as an image of another lesion, e.g. %s = %s: each copy is kept on "
                     "its original's side of the split (report.json lists them all)", len(copies), *copies[0][::-1])
-    meta["group"] = lesion_groups(meta, copies=copies).values
+    pairs = KNOWN_DUPLICATES + tuple(confirmed)
+    meta["group"] = lesion_groups(meta, pairs, copies).values
     try:
         # decided before any image is decoded; an external test set puts every image in one split
-        meta["split"] = split_all if split_all else lesion_split(meta, fractions, seed, copies=copies).values
+        meta["split"] = split_all if split_all else lesion_split(meta, fractions, seed, pairs, copies).values
     except DataError as e:  # the metadata's fault: name it (and what lenient mode left out)
         skipped = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
         raise DataError(f"{files.metadata}{skipped}: {e}") from None

@@ -20,9 +20,9 @@ from pydantic.dataclasses import dataclass
 # %% auto #0
 __all__ = ['log', 'CLASSES', 'CLASS_NAMES', 'Float', 'Int', 'Bool', 'Str', 'SELECT_METRICS', 'SampleParams', 'FetchFileParams',
            'FetchParams', 'DataParams', 'SplitParams', 'PrepareParams', 'ModelParams', 'PhaseParams', 'AugmentParams',
-           'TrainParams', 'BaselineParams', 'GateParams', 'DecideParams', 'EvaluateParams', 'ExplainParams',
-           'TrackingParams', 'NotifyParams', 'Params', 'ParamsError', 'build_params', 'set_dotted', 'get_dotted',
-           'flat_dict', 'read_yaml', 'load_params', 'params_dict']
+           'TrainParams', 'BaselineParams', 'GateParams', 'DecideParams', 'EvaluateParams', 'EdaParams',
+           'ExplainParams', 'TrackingParams', 'NotifyParams', 'Params', 'ParamsError', 'build_params', 'set_dotted',
+           'get_dotted', 'flat_dict', 'read_yaml', 'load_params', 'params_dict']
 
 # %% ../nbs/00_config.ipynb #a3dae076
 log = logging.getLogger("derma_nb")
@@ -125,6 +125,7 @@ class PrepareParams:
     split: SplitParams = field(default_factory=SplitParams)
     out: Str = "artifacts/prepared"
     workers: Int = Field(2, ge=1, le=64)
+    duplicates: Str = "duplicates.csv"
 
 # %% ../nbs/00_config.ipynb #ca421659
 @dataclass(config=_STRICT)
@@ -245,6 +246,15 @@ class EvaluateParams:
 
 # %% ../nbs/00_config.ipynb #0eafff65
 @dataclass(config=_STRICT)
+class EdaParams:
+    "The EDA page's look-alike images: candidate pairs kept, pairs shown, embedding size, whitened dimensions."
+    duplicate_candidates: Int = Field(100, ge=1, le=100_000)
+    duplicates_shown: Int = Field(24, ge=0, le=500)
+    duplicate_size: Int = Field(96, ge=32, le=512)
+    duplicate_dims: Int = Field(256, ge=2, le=4096)
+
+
+@dataclass(config=_STRICT)
 class ExplainParams:
     "Grad-CAM gallery: examples per class and kind (most confident correct / wrong)."
     per_class: Int = Field(1, ge=1, le=10)
@@ -280,6 +290,7 @@ class Params:
     cpu_kernels: Literal["portable", "native"] = "portable"
     data: DataParams = field(default_factory=DataParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
+    eda: EdaParams = field(default_factory=EdaParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     baseline: BaselineParams = field(default_factory=BaselineParams)

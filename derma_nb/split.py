@@ -12,7 +12,8 @@ from .config import CLASSES, log
 from .data import DataError
 
 # %% auto #0
-__all__ = ['KNOWN_DUPLICATES', 'SPLITS', 'lesion_groups', 'split_plan', 'check_lesion_disjoint', 'lesion_split', 'split_summary']
+__all__ = ['KNOWN_DUPLICATES', 'SPLITS', 'lesion_groups', 'split_plan', 'check_lesion_disjoint', 'lesion_split',
+           'read_duplicates', 'split_summary']
 
 # %% ../nbs/04_split.ipynb #48c4c72f
 KNOWN_DUPLICATES: tuple[tuple[str, str, float], ...] = (
@@ -131,6 +132,29 @@ def lesion_split(meta: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0, p
     split = groups.map(where).rename("split")
     check_lesion_disjoint(meta, split, groups)
     return split
+
+# %% ../nbs/04_split.ipynb #3549b07a
+def read_duplicates(path) -> list[tuple[str, str, float]]:
+    "Confirmed duplicate pairs (image, image, similarity) from a CSV with columns from_img, to_img and similarity."
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file (prepare.duplicates names a CSV of confirmed duplicate pairs)")
+    t = pd.read_csv(p, dtype=str)
+    missing = {"from_img", "to_img"} - set(t.columns)
+    if missing:
+        raise DataError(f"{p}: missing column(s) {sorted(missing)}; found {list(t.columns)}")
+    out = []
+    for line, r in enumerate(t.itertuples(), start=2):
+        a, b = (x.strip().removesuffix(".jpg") if isinstance(x, str) else "" for x in (r.from_img, r.to_img))
+        if not a or not b or a == b:
+            raise DataError(f"{p}, line {line}: a pair needs two different image ids, got {r.from_img!r}, {r.to_img!r}")
+        sim = pd.to_numeric(getattr(r, "similarity", None), errors="coerce")
+        out.append((a, b, float(sim) if pd.notna(sim) else 1.0))
+    if out:
+        log.info("%s: %d confirmed duplicate pair%s", p, len(out), "s" if len(out) > 1 else "")
+    return out
 
 # %% ../nbs/04_split.ipynb #8ad9b727
 def split_summary(meta: pd.DataFrame, split: pd.Series) -> pd.DataFrame:

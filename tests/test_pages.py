@@ -348,3 +348,24 @@ def test_the_serve_page_and_its_docs_work_offline_and_speak_to_clinicians(run):
         assert "cdn." not in docs and "https://" not in docs, "the API docs would load Swagger UI from the network"
         for asset in re.findall(r'(?:src|href)="(/[^"]+)"', docs):
             assert client.get(asset).status_code == 200, asset
+
+
+@pytest.mark.slow
+def test_the_eda_page_shows_the_ranked_look_alike_pairs_of_its_run(run):
+    "The candidates file holds eda.duplicate_candidates pairs of different lesions, most similar first; the page shows them."
+    import pandas as pd
+
+    repo = run[0]
+    f = _run_files(repo)
+    c = pd.read_csv(repo / "reports" / "duplicate_candidates.csv")
+    e = f["params"]["eda"]
+    assert len(c) == e["duplicate_candidates"] and (c.lesion_a != c.lesion_b).all()
+    assert c.similarity.is_monotonic_decreasing and c.similarity.between(-1, 1).all()
+    table = pd.read_csv(repo / f["params"]["prepare"]["out"] / "splits.csv").set_index("image_id")
+    assert (table.split[c.image_a].to_numpy() == c.split_a.to_numpy()).all()  # the splits shown are the run's
+    html = _read(repo, "eda.html")
+    assert html.count("<figure class='dup'>") == e["duplicates_shown"]
+    text = page_text(html)
+    crossing = int((c.split_a != c.split_b).sum())
+    assert f"{crossing} of them sit on two sides of the split" in text
+    assert "None of the published duplicate pairs is in this data" in text  # the sample has none of them
