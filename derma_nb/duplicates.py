@@ -29,7 +29,7 @@ def embed_images(images: np.ndarray, arch: str = "tf_efficientnet_lite0", weight
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255
+            x = torch.from_numpy(np.array(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255  # a copy
             if x.shape[-2:] != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             out.append(model.features(x).numpy())
@@ -37,10 +37,12 @@ def embed_images(images: np.ndarray, arch: str = "tf_efficientnet_lite0", weight
 
 # %% ../nbs/29_duplicates.ipynb #efc69fe8
 def whitened(features: np.ndarray, dims: int = 256) -> np.ndarray:
-    "Centred, PCA-whitened (at most `dims` components) and unit-length features: cosine similarity is a dot product."
+    """Centred, PCA-whitened and unit-length features: cosine similarity is a dot product. At most `dims` components,
+    and at most half as many as there are images: whitened to nearly as many dimensions as images, every image
+    becomes about equally far from every other."""
     from sklearn.decomposition import PCA
 
-    k = int(min(dims, features.shape[0] - 1, features.shape[1]))
+    k = int(min(dims, features.shape[0] // 2, features.shape[1]))
     if k < 1:
         raise ValueError(f"cannot compare {features.shape[0]} image(s): at least two are needed")
     w = PCA(n_components=k, whiten=True, svd_solver="full").fit_transform(features.astype(np.float64))
