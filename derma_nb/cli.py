@@ -216,7 +216,8 @@ def cmd_serve(args) -> int:
          ("--show", {"metavar": "VERSION", "help": "print the record of a released version instead"}))
 def cmd_release(args) -> int:
     "Release the run in the current folder, or show a release."
-    from derma_nb.release import BUNDLE_DIR, RELEASES_DIR, ReleaseError, release, release_text, show_release
+    from derma_nb.bundle import release
+    from derma_nb.release import BUNDLE_DIR, RELEASES_DIR, ReleaseError, release_text, show_release
 
     if args.show:
         print(release_text(show_release(".", args.show)))

@@ -19,8 +19,8 @@ from .runtime import sha256_file
 # %% auto #0
 __all__ = ['RELEASES_DIR', 'ARTIFACT', 'STAGES', 'BUNDLE_DIR', 'UNREVIEWED', 'REJECTED', 'HEADLINE_KEYS', 'REVIEW_HEADING',
            'ReleaseError', 'check_version', 'version_key', 'run_files', 'release_checks', 'release_record',
-           'review_section', 'with_release', 'write_bundle', 'release', 'releases', 'show_release', 'release_of',
-           'release_status', 'model_repo', 'model_release_status', 'check_servable', 'release_text', 'releases_table']
+           'review_section', 'with_release', 'releases', 'show_release', 'release_of', 'release_status', 'model_repo',
+           'model_release_status', 'check_servable', 'release_text', 'releases_table']
 
 # %% ../nbs/28_release.ipynb #99de3bf8
 RELEASES_DIR = "releases"
@@ -162,77 +162,6 @@ def with_release(card_md: str, record: dict | None) -> str:
         return pat.sub(lambda _: section + "\n", card_md, count=1)
     title, sep, rest = card_md.partition("\n\n")
     return f"{title}{sep}{section}\n{rest}"
-
-# %% ../nbs/28_release.ipynb #ebe7d846
-def write_bundle(root: Path, record: dict, out: Path) -> Path:
-    "The release bundle in `out`: ONNX model + sidecar, the model card stating the release, the record, the public export."
-    from derma_nb.card import markdown_page
-    from derma_nb.public import public_export
-
-    out.mkdir(parents=True)
-    for src in ("artifacts/export/model.onnx", "artifacts/export/model.onnx.json"):
-        shutil.copy2(root / src, out / Path(src).name)
-    md = with_release((root / "reports/model_card.md").read_text(encoding="utf-8"), record)
-    (out / "model_card.md").write_text(md, encoding="utf-8")
-    (out / "model_card.html").write_text(markdown_page(md, f"Model card — derma-nb {record['version']}"), encoding="utf-8")
-    (out / "release.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    if (root / "reports/index.html").exists():
-        public_export(root / "reports", out / "public", root=root)
-    # the mobile model goes here when there is one (its own file + sidecar, named in the record)
-    return out
-
-
-def _register(root: Path, record: dict):
-    "Tag the record's commit `model@VERSION` (and assign its stage) with GTO; undo the tags on failure."
-    import gto.api
-
-    v, msg = record["version"], f"{record['version']}: signed off by {record['reviewer']}: {record['note']}"
-    gto.api.register(str(root), ARTIFACT, "HEAD", version=v, message=msg)
-    if record.get("stage"):
-        try:
-            gto.api.assign(str(root), ARTIFACT, record["stage"], version=v, message=f"{v} to {record['stage']}")
-        except Exception:
-            _git(root, "tag", "-d", f"{ARTIFACT}@{v}", check=False)
-            raise
-
-
-def release(root: str | Path = ".", version: str = "", reviewer: str = "", note: str = "", caveats=(),
-            stage: str | None = None, force: bool = False) -> dict:
-    "Sign off the run in `root` as `version`: record committed in releases/, GTO tag, bundle; returns the record."
-    root, version = Path(root), check_version(version)
-    if not (reviewer or "").strip() or not (note or "").strip():
-        raise ReleaseError("a release needs --reviewer NAME and --note TEXT (what was reviewed, and the decision)")
-    if stage is not None and stage not in STAGES:
-        raise ReleaseError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
-    forced = release_checks(root, version, force)
-    record = release_record(root, version, reviewer.strip(), note.strip(), caveats, stage, forced)
-    bundle, scratch = root / BUNDLE_DIR / version, root / BUNDLE_DIR / f".{version}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        write_bundle(root, record, scratch)
-    except Exception:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    rel = f"{RELEASES_DIR}/{version}.json"
-    (root / RELEASES_DIR).mkdir(exist_ok=True)
-    (root / rel).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    committed = False
-    try:
-        _git(root, "add", "--", rel)
-        _git(root, "commit", "-q", "-m", f"Release {version}: signed off by {record['reviewer']}", "--", rel)
-        committed = True
-        _register(root, record)
-    except Exception as e:
-        if committed:
-            _git(root, "reset", "-q", "--soft", "HEAD~1", check=False)
-        _git(root, "reset", "-q", "--", rel, check=False)
-        (root / rel).unlink(missing_ok=True)
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise ReleaseError(f"{version} not released (nothing kept): {e}") from None
-    shutil.rmtree(bundle, ignore_errors=True)
-    scratch.rename(bundle)
-    log.info("released %s: %s, tag %s@%s, bundle %s", version, rel, ARTIFACT, version, bundle)
-    return record
 
 # %% ../nbs/28_release.ipynb #d10c2bfd
 def releases(root: str | Path = ".") -> list[dict]:
