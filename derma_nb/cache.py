@@ -21,18 +21,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from .config import CLASSES, log
+from .copies import near_copies
 from .runtime import write_json
 from .data import DataError, DataReport, DatasetFiles, decode_for_model, read_metadata, scan_dataset
 from .sample import is_synthetic
 from .split import KNOWN_DUPLICATES, SPLITS, lesion_groups, lesion_split, read_duplicates
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'byte_copies', 'match_files', 'decode_all', 'PreparedData', 'load_prepared',
-           'prepare_dataset', 'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler', 'cache_loader',
-           'unit_batch', 'BatchAugment', 'dihedral']
+__all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'byte_copies', 'copy_pairs', 'match_files', 'decode_all', 'PreparedData',
+           'load_prepared', 'prepare_dataset', 'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler',
+           'cache_loader', 'unit_batch', 'BatchAugment', 'dihedral']
 
 # %% ../nbs/05_cache.ipynb #00339813
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 "Bumped whenever the cache layout, the preprocessing or the split changes, so old caches are rebuilt."
 
 
@@ -67,6 +68,16 @@ def byte_copies(meta: pd.DataFrame, digests: dict[str, str]) -> list[tuple[str, 
         first = g.iloc[0]
         out += [(first.image_id, r.image_id) for r in g.iloc[1:].itertuples() if r.lesion_id != first.lesion_id]
     return out
+
+# %% ../nbs/05_cache.ipynb #26c94fe8
+def copy_pairs(meta: pd.DataFrame, images, pairs=KNOWN_DUPLICATES, copies=()) -> list[tuple[str, str, str]]:
+    """(image, copy, how) for near-exact copies among `images` (aligned with `meta`'s rows) of lesions that `pairs`
+    and `copies` have not already joined."""
+    found = near_copies(images, lesion_groups(meta, pairs, copies).to_numpy())
+    ids = meta.image_id.to_numpy()
+    return [(*sorted((ids[r.a], ids[r.b])),
+             f"near copy: pHash {int(r.hash_bits)} bits apart, detail {r.detail:.2f}, colour gap {r.colour_gap:.1f}")
+            for r in found.itertuples()]
 
 # %% ../nbs/05_cache.ipynb #d8e9b1de
 def match_files(meta: pd.DataFrame, files: DatasetFiles, lenient: bool, report: DataReport) -> pd.DataFrame:
@@ -193,6 +204,31 @@ def _write_outputs(out: Path, meta: pd.DataFrame, report: DataReport, key: dict,
     log.info("%s: %d images decoded in %.1f s (%.1f s in all)", out, len(meta), decode_s, time.perf_counter() - t0)
 
 # %% ../nbs/05_cache.ipynb #7d4f662b
+def _split(meta, files, report, fractions, seed, pairs, copies, split_all):
+    "The split column (every row in `split_all` for an external test set); a DataError naming the metadata file."
+    if split_all:
+        return split_all
+    try:
+        return lesion_split(meta, fractions, seed, pairs, copies).values
+    except DataError as e:  # the metadata's fault: name it (and what lenient mode left out)
+        skipped = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
+        raise DataError(f"{files.metadata}{skipped}: {e}") from None
+
+
+def _record_copies(report, meta, copies):
+    "List copies across lesions in the report, and say so once per kind."
+    lesion = dict(zip(meta.image_id, meta.lesion_id))
+    copies = [c for c in copies if c[0] in lesion and c[1] in lesion]  # both images survived decoding
+    report.copies = [{"image_id": b, "lesion_id": lesion[b], "copy_of": a, "copy_of_lesion_id": lesion[a], "how": how}
+                     for a, b, how in copies]
+    for kind, text in (("same bytes", "have the same bytes as"), ("near copy", "are near-exact copies (re-encoded, "
+                                                                              "resized or trimmed) of")):
+        mine = [c for c in copies if c[2].startswith(kind)]
+        if mine:
+            log.warning("%d image(s) %s an image of another lesion, e.g. %s = %s: each copy is kept on its original's "
+                        "side of the split (report.json lists them all)", len(mine), text, mine[0][1], mine[0][0])
+
+
 def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int = 64, resize: str = "center_crop",
                     fractions=(0.8, 0.1, 0.1), seed: int = 0, lenient: bool = False, workers: int = 2,
                     force: bool = False, split_all: str | None = None, duplicates: str | Path | None = None) -> PreparedData:
@@ -211,21 +247,9 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
     if not force and (hit := _cached(out, key)) is not None:
         return hit
     meta = match_files(meta, files, lenient, report)
-    copies = byte_copies(meta, digests)
-    if copies:
-        lesion = dict(zip(meta.image_id, meta.lesion_id))
-        report.copies = [{"image_id": b, "lesion_id": lesion[b], "copy_of": a, "copy_of_lesion_id": lesion[a]}
-                         for a, b in copies]
-        log.warning("%d image(s) have the same bytes as an image of another lesion, e.g. %s = %s: each copy is kept on "
-                    "its original's side of the split (report.json lists them all)", len(copies), *copies[0][::-1])
+    copies = [(a, b, "same bytes") for a, b in byte_copies(meta, digests)]
     pairs = KNOWN_DUPLICATES + tuple(confirmed)
-    meta["group"] = lesion_groups(meta, pairs, copies).values
-    try:
-        # decided before any image is decoded; an external test set puts every image in one split
-        meta["split"] = split_all if split_all else lesion_split(meta, fractions, seed, pairs, copies).values
-    except DataError as e:  # the metadata's fault: name it (and what lenient mode left out)
-        skipped = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
-        raise DataError(f"{files.metadata}{skipped}: {e}") from None
+    _split(meta, files, report, fractions, seed, pairs, copies, split_all)  # fails before any image is decoded
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "images.npy.tmp"
     try:
@@ -234,7 +258,13 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
         meta = meta[ok].reset_index(drop=True)
         if meta.empty:
             raise DataError(f"{data_dir}: no usable images left after validation")
-        _write_outputs(out, meta, report, key, tmp, t0, time.perf_counter() - t1)
+        decode_s = time.perf_counter() - t1
+        if not split_all:  # an external test set has no split to leak across
+            copies += copy_pairs(meta, np.load(tmp, mmap_mode="r"), pairs, copies)
+        _record_copies(report, meta, copies)
+        meta["group"] = lesion_groups(meta, pairs, copies).values
+        meta["split"] = _split(meta, files, report, fractions, seed, pairs, copies, split_all)
+        _write_outputs(out, meta, report, key, tmp, t0, decode_s)
     finally:
         for t in (out / "images.npy.tmp", out / "images.npy.tmp2"):
             t.unlink(missing_ok=True)  # a failed decode leaves nothing behind

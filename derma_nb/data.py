@@ -169,7 +169,7 @@ class DataReport:
     format_mismatch: dict[str, int] = field(default_factory=dict)
     encoding: str = "utf-8"
     duplicates_ignored: int = 0
-    copies: list[dict] = field(default_factory=list)  # byte-identical images of different lesions (prepare)
+    copies: list[dict] = field(default_factory=list)  # one picture under two lesions: same bytes or near copy (prepare)
     class_counts: dict[str, int] = field(default_factory=dict)
 
     def skip(self, what: str, where: str, reason: str, image_id: str = ""):

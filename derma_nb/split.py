@@ -31,7 +31,8 @@ KNOWN_DUPLICATES: tuple[tuple[str, str, float], ...] = (
 # %% ../nbs/04_split.ipynb #968bcc6c
 def lesion_groups(meta: pd.DataFrame, pairs=KNOWN_DUPLICATES, copies=()) -> pd.Series:
     """The split unit of every row: its lesion_id, or the smallest lesion_id of the lesions known to be the same.
-    `pairs` join lesions of one diagnosis; `copies` (image files with the same bytes) join whatever their labels say."""
+    `pairs` join lesions of one diagnosis; `copies` (one picture in two files: the same bytes, or a near-exact
+    copy) join whatever their labels say."""
     parent = {l: l for l in meta.lesion_id.unique()}
 
     def root(x):
@@ -42,12 +43,12 @@ def lesion_groups(meta: pd.DataFrame, pairs=KNOWN_DUPLICATES, copies=()) -> pd.S
 
     lesion_of = dict(zip(meta.image_id, meta.lesion_id))
     dx_of = dict(zip(meta.lesion_id, meta.dx))
-    for a, b, *_ in [(*p, False) for p in pairs] + [(a, b, 1.0, True) for a, b in copies]:
+    for a, b, *_ in [(*p, False) for p in pairs] + [(a, b, 1.0, True) for a, b, *_ in copies]:
         la, lb = lesion_of.get(a), lesion_of.get(b)
         if la is None or lb is None or la == lb:
             continue
         if dx_of[la] != dx_of[lb] and _[-1]:  # one picture under two labels: a leak whichever label is right
-            log.warning("images %s and %s are the same file but labelled %s (lesion %s) and %s (lesion %s): kept on "
+            log.warning("images %s and %s hold the same picture but are labelled %s (lesion %s) and %s (lesion %s): kept on "
                         "one side of the split", a, b, dx_of[la], la, dx_of[lb], lb)
         elif dx_of[la] != dx_of[lb]:
             log.warning("known duplicate %s / %s joins lesions with different dx (%s, %s): not joined", a, b,
