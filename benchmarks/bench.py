@@ -1,7 +1,8 @@
 """derma-nb benchmarks: fast paths vs naive ones, measured side by side in one run, on whatever device is present.
 
     python benchmarks/bench.py                  # all sections
-    python benchmarks/bench.py --only data      # one or more of: data phase1 phase2 compile inference memory pipeline
+    python benchmarks/bench.py --only data      # one or more of: data phase1 phase2 compile inference frozen memory
+                                                # tracking pipeline
 
 Data: the real HAM10000 subset in ../shared/data/ham10000 when present (else the synthetic sample).
 Writes reports/benchmarks.json and reports/benchmarks.md (device, versions, command) and prints the table.
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "ham10000"
 ARCH = "tf_efficientnet_lite0"  # the recipe's backbone (profiles real and full); weights do not change speed
 UNFREEZE = 2  # the stages phase 2 fine-tunes in both profiles
-SECTIONS = ("data", "phase1", "phase2", "compile", "inference", "memory", "tracking", "pipeline")
+SECTIONS = ("data", "phase1", "phase2", "compile", "inference", "frozen", "memory", "tracking", "pipeline")
 
 
 def timed(fn, repeat=1):
@@ -378,6 +379,47 @@ print("BENCH" + json.dumps(t))
 
 
 
+def bench_frozen(ctx, size=160, batch=128, n=512):
+    """The frozen work of training, decide and evaluate (train.frozen_engine): the recipe's trunk (all but the last
+    UNFREEZE stages) and the whole network at 160 px, batch 128, through PyTorch eager (NCHW and channels_last) and
+    ONNX Runtime, on the same images; the largest difference from PyTorch on them."""
+    from derma_nb.inference import on_engine, OrtNet
+    from derma_nb.model import build_model, split_frozen
+
+    dev = ctx["device"]
+    if dev.type != "cpu":
+        return []  # ONNX Runtime serves the frozen work on a CPU only
+    m = build_model(ARCH, "none").eval()
+    x = torch.rand(n, 3, size, size)
+    out = []
+    for name, net in (("trunk (frozen in phase 2)", split_frozen(m, UNFREEZE)[0].eval()), ("whole network (views of decide/evaluate)", m)):
+        def rate(fn):
+            fn(x[:batch])
+            t0 = time.perf_counter()
+            for s in range(0, n, batch):
+                fn(x[s:s + batch])
+            return n / (time.perf_counter() - t0)
+        with torch.no_grad():
+            eager = rate(net)
+            ref = torch.cat([net(x[s:s + batch]) for s in range(0, n, batch)])
+            net.to(memory_format=torch.channels_last)
+            cl = rate(lambda b: net(b.contiguous(memory_format=torch.channels_last)))
+            net.to(memory_format=torch.contiguous_format)
+            ort_net = on_engine(net, "onnxruntime", x[:32])
+            assert isinstance(ort_net, OrtNet), "ONNX Runtime disagreed with PyTorch: see the log"
+            ort = rate(ort_net)
+            diff = float(max((ort_net(x[s:s + batch]) - ref[s:s + batch]).abs().max() for s in range(0, n, batch)))
+        what = f"{ARCH} {name}, {size} px batch {batch}"
+        out += [{"section": "frozen", "what": f"{what}: PyTorch eager", "value": round(eager, 1), "unit": "img/s"},
+                {"section": "frozen", "what": f"{what}: PyTorch channels_last", "value": round(cl, 1), "unit": "img/s"},
+                {"section": "frozen", "what": f"{what}: ONNX Runtime", "value": round(ort, 1), "unit": "img/s"},
+                {"section": "frozen", "what": f"{what}: ONNX Runtime / best PyTorch", "value": round(ort / max(eager, cl), 2),
+                 "unit": "x", "target": ">= 1.5x"},
+                {"section": "frozen", "what": f"{what}: largest difference from PyTorch (outputs up to "
+                                              f"{float(ref.abs().max()):.0f})", "value": f"{diff:.1e}", "unit": ""}]
+    return out
+
+
 def tracking_overhead(tuned: bool = True, timeout: float = 600) -> dict:
     "Seconds for import / init / log / close of one small offline task, measured in a fresh Python process."
     with tempfile.TemporaryDirectory() as home:
@@ -470,7 +512,7 @@ def main(argv=None):
     ctx = {"device": dev, "tmp": Path(tempfile.mkdtemp(prefix="derma-bench-")), "data": args.data}
     rows = []
     fns = {"data": bench_data, "phase1": bench_phase1, "phase2": bench_phase2, "compile": bench_compile,
-           "inference": bench_inference,
+           "inference": bench_inference, "frozen": bench_frozen,
            "memory": bench_memory, "tracking": bench_tracking, "pipeline": bench_pipeline}
     for s in args.only:
         if s == "pipeline" and dev.type != "cpu":

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from .config import CLASSES, log
-from .copies import near_copies
+from .copies import COLOUR, SOURCE, THUMB, near_copies, sketch
 from .runtime import write_json
 from .data import DataError, DataReport, DatasetFiles, decode_for_model, read_metadata, scan_dataset
 from .sample import is_synthetic
@@ -70,10 +70,13 @@ def byte_copies(meta: pd.DataFrame, digests: dict[str, str]) -> list[tuple[str, 
     return out
 
 # %% ../nbs/05_cache.ipynb #26c94fe8
-def copy_pairs(meta: pd.DataFrame, images, pairs=KNOWN_DUPLICATES, copies=()) -> list[tuple[str, str, str]]:
-    """(image, copy, how) for near-exact copies among `images` (aligned with `meta`'s rows) of lesions that `pairs`
-    and `copies` have not already joined."""
-    found = near_copies(images, lesion_groups(meta, pairs, copies).to_numpy())
+def copy_pairs(meta: pd.DataFrame, gray: np.ndarray, colour: np.ndarray, pairs=KNOWN_DUPLICATES,
+               copies=()) -> list[tuple[str, str, str]]:
+    """(image, copy, how) for near-exact copies among the images whose `derma_nb.copies.sketches` are `gray` and
+    `colour` (aligned with `meta`'s rows), of lesions that `pairs` and `copies` have not already joined.
+    `prepare_dataset` sketches every image from SOURCE px whatever the cache's size, so the split does not depend on
+    `image_size`."""
+    found = near_copies(gray, colour, lesion_groups(meta, pairs, copies).to_numpy())
     ids = meta.image_id.to_numpy()
     return [(*sorted((ids[r.a], ids[r.b])),
              f"near copy: pHash {int(r.hash_bits)} bits apart, detail {r.detail:.2f}, colour gap {r.colour_gap:.1f}")
@@ -117,8 +120,10 @@ def _compact(tmp: Path, ok: np.ndarray, shape) -> Path:
 
 
 def decode_all(meta: pd.DataFrame, files: DatasetFiles, dest: Path, size: int, resize: str, lenient: bool,
-               workers: int, report: DataReport) -> tuple[Path, np.ndarray]:
-    "Decode every row's image into a uint8 memmap at `dest` (a temporary name); (path, which rows decoded)."
+               workers: int, report: DataReport, sketches: tuple | None = None) -> tuple[Path, np.ndarray]:
+    """Decode every row's image into a uint8 memmap at `dest` (a temporary name); (path, which rows decoded).
+    `sketches` (gray, colour arrays of `derma_nb.copies.sketch`'s shapes), when given, receive each image's sketch,
+    from its centre square decoded at SOURCE px from the same bytes."""
     shape = (len(meta), size, size, 3)
     arr = np.lib.format.open_memmap(dest, mode="w+", dtype=np.uint8, shape=shape)
     ok = np.ones(len(meta), dtype=bool)
@@ -127,7 +132,11 @@ def decode_all(meta: pd.DataFrame, files: DatasetFiles, dest: Path, size: int, r
     def work(i: int):
         ref = files.images[ids[i]]
         try:
-            arr[i] = decode_for_model(ref.read_bytes(), size, resize, ref.member or ref.path.name, report)
+            data = ref.read_bytes()
+            arr[i] = decode_for_model(data, size, resize, ref.member or ref.path.name, report)
+            if sketches is not None:
+                same = (size, resize) == (SOURCE, "center_crop")
+                sketches[0][i], sketches[1][i] = sketch(arr[i] if same else decode_for_model(data, SOURCE))
         except DataError as e:
             if not lenient:
                 raise DataError(f"{ref}: {str(e).split(': ', 1)[-1]}") from None
@@ -254,13 +263,15 @@ def prepare_dataset(data_dir: str | Path, out_dir: str | Path, image_size: int =
     tmp = out / "images.npy.tmp"
     try:
         t1 = time.perf_counter()
-        tmp, ok = decode_all(meta, files, tmp, image_size, resize, lenient, workers, report)
+        sk = None if split_all else (np.empty((len(meta), THUMB, THUMB), np.uint8),
+                                     np.empty((len(meta), COLOUR, COLOUR, 3), np.uint8))
+        tmp, ok = decode_all(meta, files, tmp, image_size, resize, lenient, workers, report, sk)
         meta = meta[ok].reset_index(drop=True)
         if meta.empty:
             raise DataError(f"{data_dir}: no usable images left after validation")
         decode_s = time.perf_counter() - t1
-        if not split_all:  # an external test set has no split to leak across
-            copies += copy_pairs(meta, np.load(tmp, mmap_mode="r"), pairs, copies)
+        if sk is not None:  # an external test set (split_all) has no split to leak across
+            copies += copy_pairs(meta, sk[0][ok], sk[1][ok], pairs, copies)
         _record_copies(report, meta, copies)
         meta["group"] = lesion_groups(meta, pairs, copies).values
         meta["split"] = _split(meta, files, report, fractions, seed, pairs, copies, split_all)

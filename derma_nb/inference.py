@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from .config import CLASSES, log
 from .model import Classifier, split_frozen
 
 # %% auto #0
-__all__ = ['amp_dtype', 'forward_rows', 'predict_logits', 'predict_probs', 'FrozenCache', 'frozen_cache', 'trunk_key',
-           'stored_frozen_cache', 'over_views']
+__all__ = ['amp_dtype', 'forward_rows', 'predict_logits', 'predict_probs', 'OrtNet', 'frozen_engine', 'on_engine',
+           'example_batch', 'FrozenCache', 'frozen_cache', 'trunk_key', 'stored_frozen_cache', 'over_views']
 
 # %% ../nbs/12_inference.ipynb #bf09cdaf
 def amp_dtype(device: torch.device, amp: str):
@@ -50,8 +51,10 @@ def forward_rows(net: nn.Module, images: np.ndarray, rows, batch_size: int = 128
 
 
 def predict_logits(model: nn.Module, images: np.ndarray, rows, batch_size: int = 128, device="cpu", amp: str = "auto",
-                   channels_last: bool = False, views: int = 1) -> torch.Tensor:
-    "Logits (views, N, 7) of `model` on cache rows, one slice per dihedral view."
+                   channels_last: bool = False, views: int = 1, engine: str = "torch") -> torch.Tensor:
+    "Logits (views, N, 7) of `model` on cache rows, one slice per dihedral view (`engine`: see `on_engine`)."
+    if engine != "torch" and len(rows):
+        model = on_engine(model, engine, example_batch(images, rows))
     return torch.stack([forward_rows(model, images, rows, batch_size, device, amp, channels_last, v)
                         for v in range(views)])
 
@@ -61,6 +64,68 @@ def predict_probs(model: nn.Module, images: np.ndarray, rows, batch_size: int = 
     "Softmax probabilities (N, 7) of `model` on cache rows, averaged over the first `views` dihedral views (TTA)."
     logits = predict_logits(model, images, rows, batch_size, device, amp, channels_last, views)
     return torch.softmax(logits, 2).mean(0).numpy()
+
+# %% ../nbs/12_inference.ipynb #c1285bdd
+class OrtNet(nn.Module):
+    """An eval-mode network exported to ONNX in memory and run by ONNX Runtime on the CPU. `example` (a batch of its
+    input) runs through both: `max_diff` is how far apart they were, `scale` the largest output."""
+
+    def __init__(self, net: nn.Module, example: torch.Tensor, threads: int | None = None):
+        super().__init__()
+        import io
+
+        import onnxruntime as ort
+
+        net.eval()
+        x = example.detach().float().cpu().contiguous()
+        buf = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
+            torch.onnx.export(net.cpu(), x[:1], buf, input_names=["x"], output_names=["y"], opset_version=17,
+                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads or torch.get_num_threads(), 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            ref = net(x).float()
+        self.max_diff = float((self(x) - ref).abs().max())
+        self.scale = float(ref.abs().max())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"x": x.detach().float().cpu().contiguous().numpy()})[0])
+
+
+def frozen_engine(setting: str, device, cpu_kernels: str = "native") -> str:
+    "`train.frozen_engine` resolved: 'onnxruntime' or 'torch' ('auto': ONNX Runtime on a CPU with native kernels)."
+    if setting != "auto":
+        return setting
+    return "onnxruntime" if torch.device(device).type == "cpu" and cpu_kernels == "native" else "torch"
+
+
+def on_engine(net: nn.Module, engine: str, example: torch.Tensor, tol: float = 1e-3) -> nn.Module:
+    """`net` itself for 'torch'; for 'onnxruntime' an `OrtNet` of it, if on `example` it agrees with PyTorch within
+    `tol` of the largest output (else `net`, with a warning naming the difference)."""
+    if engine == "torch":
+        return net
+    name = type(net).__name__
+    try:
+        ort_net = OrtNet(net, example)
+    except Exception as e:  # an exporter or runtime that cannot take this network: PyTorch still can
+        log.warning("%s: ONNX Runtime not used (%s: %s); running it in PyTorch", name, type(e).__name__, e)
+        return net
+    if not ort_net.max_diff <= tol * max(1.0, ort_net.scale):
+        log.warning("%s: ONNX Runtime differs from PyTorch by %.3g (largest output %.3g) on the same batch; running it "
+                    "in PyTorch", name, ort_net.max_diff, ort_net.scale)
+        return net
+    log.info("%s on ONNX Runtime: within %.1e of PyTorch on a batch of %d", name, ort_net.max_diff, len(example))
+    return ort_net
+
+
+def example_batch(images: np.ndarray, rows, n: int = 32) -> torch.Tensor:
+    "The first `n` cache rows as the float batch a network sees (for `on_engine`'s check)."
+    x = torch.from_numpy(np.ascontiguousarray(images[np.asarray(rows)[:n]])).permute(0, 3, 1, 2)
+    return unit_batch(x)
 
 # %% ../nbs/12_inference.ipynb #ea470c47
 @dataclass
@@ -76,10 +141,12 @@ class FrozenCache:
 
 
 def frozen_cache(model: Classifier, images: np.ndarray, train_rows, val_rows, unfreeze: int, views: int,
-                 batch_size: int = 128, device="cpu", amp: str = "auto", channels_last: bool = False) -> FrozenCache:
+                 batch_size: int = 128, device="cpu", amp: str = "auto", channels_last: bool = False,
+                 engine: str = "torch") -> FrozenCache:
     "Run the trunk that stays frozen when the last `unfreeze` stages train once over `views` views of the rows."
     t0 = time.perf_counter()
     trunk, _ = split_frozen(model, unfreeze)
+    trunk = on_engine(trunk, engine, example_batch(images, train_rows)) if engine != "torch" else trunk
     acts, per_view = ([], []), len(train_rows) + len(val_rows)
     for v in range(views):  # the longest silent step on real data (half an hour on 2 cores): a line per view
         for out, rows in zip(acts, (train_rows, val_rows)):
@@ -95,10 +162,12 @@ def frozen_cache(model: Classifier, images: np.ndarray, train_rows, val_rows, un
 
 # %% ../nbs/12_inference.ipynb #9c120053
 def trunk_key(model: Classifier, images: np.ndarray, train_rows, val_rows, unfreeze: int, views: int,
-              batch_size: int = 128, device="cpu", amp: str = "auto", channels_last: bool = False) -> str:
+              batch_size: int = 128, device="cpu", amp: str = "auto", channels_last: bool = False,
+              engine: str = "torch") -> str:
     "SHA-256 of everything `frozen_cache`'s output depends on (the trained top and the head are not part of it)."
     trunk, _ = split_frozen(model, unfreeze)
-    code = (frozen_cache, forward_rows, cache_loader, unit_batch, dihedral)  # how the activations are computed
+    code = (frozen_cache, forward_rows, cache_loader, unit_batch, dihedral, OrtNet.__init__, OrtNet.forward,
+            on_engine)  # how the activations are computed
     h = hashlib.sha256((repr(trunk) + "".join(inspect.getsource(fn) for fn in code)).encode())
     for t in (model.mean, model.std, *trunk.state_dict().values()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -110,6 +179,10 @@ def trunk_key(model: Classifier, images: np.ndarray, train_rows, val_rows, unfre
             h.update(np.ascontiguousarray(images[rows[s:s + 512]]).tobytes())
     dev = torch.device(device)
     kernels = (torch.backends.cpu.get_cpu_capability(), *map(os.environ.get, ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")))
+    if engine != "torch":
+        import onnxruntime
+
+        kernels += (engine, onnxruntime.__version__)
     h.update(repr((unfreeze, views, batch_size, dev.type, str(amp_dtype(dev, amp)), channels_last,
                    torch.get_num_threads(), torch.__version__, kernels)).encode())
     return h.hexdigest()
@@ -117,9 +190,9 @@ def trunk_key(model: Classifier, images: np.ndarray, train_rows, val_rows, unfre
 
 def stored_frozen_cache(folder: str | Path | None, model: Classifier, images: np.ndarray, train_rows, val_rows,
                         unfreeze: int, views: int, batch_size: int = 128, device="cpu", amp: str = "auto",
-                        channels_last: bool = False) -> FrozenCache:
+                        channels_last: bool = False, engine: str = "torch") -> FrozenCache:
     "`frozen_cache`, kept in `folder` under `trunk_key`: loaded when an earlier run stored it, else run and stored."
-    args = (model, images, train_rows, val_rows, unfreeze, views, batch_size, device, amp, channels_last)
+    args = (model, images, train_rows, val_rows, unfreeze, views, batch_size, device, amp, channels_last, engine)
     if not folder:
         return frozen_cache(*args)
     t0 = time.perf_counter()

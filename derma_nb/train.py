@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared
 from .config import CLASSES, Params, PhaseParams, TrainParams, log
-from .inference import FrozenCache, amp_dtype, forward_rows, over_views, stored_frozen_cache
+from .inference import (FrozenCache, amp_dtype, example_batch, forward_rows, frozen_engine, on_engine,
+                                 over_views, stored_frozen_cache)
 from .runtime import write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
 from .metrics import label_metrics
@@ -148,6 +149,7 @@ class Fit:
     on_epoch: Callable[[dict], None] | None = None
     cache: FrozenCache | None = None
     fused_optimizer: bool = False
+    engine: str = "torch"  # what runs the frozen work (`derma_nb.inference.on_engine`)
 
     def __post_init__(self):
         self.tr, self.va = self.prep.rows("train"), self.prep.rows("val")
@@ -169,9 +171,12 @@ def phase_inputs(fit: Fit, pi: int, ph: PhaseParams) -> tuple[str, torch.Tensor 
         t0 = time.perf_counter()
         if fit.cache is not None:
             _, top = split_frozen(fit.model, fit.cache.unfreeze)
+            top = on_engine(top, fit.engine, fit.cache.train[0, :32].float()) if fit.engine != "torch" else top
             feats = [over_views(top, a, fit.device) for a in (fit.cache.train, fit.cache.val)]
         else:
             trunk = nn.Sequential(*split_frozen(fit.model, 0))
+            if fit.engine != "torch":
+                trunk = on_engine(trunk, fit.engine, example_batch(fit.prep.images, fit.tr))
             feats = [forward_rows(trunk, fit.prep.images, rows, fit.cfg.eval_batch_size, fit.device, fit.cfg.amp,
                                   fit.channels_last)[None] for rows in (fit.tr, fit.va)]
         log.info("phase 1: backbone features of %d views computed once in %.1f s", feats[0].shape[0],
@@ -359,8 +364,9 @@ def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
 def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_dir: str | Path, device="cpu",
                   seed: int = 0, checkpoint_dir: str | Path | None = None,
                   resume: bool = True, on_epoch: Callable[[dict], None] | None = None,
-                  progress: bool = False, fused_optimizer: bool = False) -> FitResult:
-    "Phase 1 (head on the frozen backbone) then phase 2 (fine-tune), resumable; the model ends with the best weights."
+                  progress: bool = False, fused_optimizer: bool = False, engine: str = "torch") -> FitResult:
+    """Phase 1 (head on the frozen backbone) then phase 2 (fine-tune), resumable; the model ends with the best weights.
+    `engine` runs the frozen work ('torch' or 'onnxruntime', see `derma_nb.inference.on_engine`)."""
     device, out = torch.device(device), Path(out_dir)
     ck_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     if ranks().main:
@@ -371,13 +377,13 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     if cl:
         model.to(memory_format=torch.channels_last)
     fit = Fit(model, prep, cfg, seed, device, ck_dir, channels_last=cl, progress=progress, on_epoch=on_epoch,
-              fused_optimizer=fused_optimizer)
+              fused_optimizer=fused_optimizer, engine=engine)
     fit.key = run_key(cfg, seed, prep, model, fused_optimizer)
     state, ck = _resume(fit, resume)
     p2 = cfg.phase2
     if p2.cache_views and p2.epochs and not state.complete:  # the frozen trunk, run once for both phases
         fit.cache = stored_frozen_cache(cfg.trunk_cache, model, prep.images, fit.tr, fit.va, p2.unfreeze,
-                                        p2.cache_views, cfg.eval_batch_size, device, cfg.amp, cl)
+                                        p2.cache_views, cfg.eval_batch_size, device, cfg.amp, cl, engine)
         state.timings.update(cache_seconds=round(fit.cache.seconds, 3), cache_loaded=fit.cache.loaded)
     for pi in (0, 1):
         if pi < state.phase or (cfg.phase1, cfg.phase2)[pi].epochs == 0 or state.complete:
@@ -423,7 +429,8 @@ def train_model(p: Params, device, on_epoch: Callable[[dict], None] | None = Non
     prep = load_prepared(p.prepare.out)
     model = build_model(p.model.arch, p.model.weights, dropout=p.model.dropout)
     res = two_phase_fit(model, prep, p.train, p.train.out, device, p.seed, p.train.checkpoints,
-                        resume, on_epoch, progress, fused_optimizer=p.cpu_kernels == "portable")
+                        resume, on_epoch, progress, fused_optimizer=p.cpu_kernels == "portable",
+                        engine=frozen_engine(p.train.frozen_engine, device, p.cpu_kernels))
     if ranks().main:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
         res.history.drop(columns=list(TIMING_COLUMNS)).to_csv(Path(plots_dir) / "history.csv", index=False)
