@@ -5,6 +5,7 @@
 # %% ../nbs/30_bundle.ipynb #16aa435d
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,20 +19,26 @@ __all__ = ['write_bundle', 'release']
 
 # %% ../nbs/30_bundle.ipynb #ebe7d846
 def write_bundle(root: Path, record: dict, out: Path) -> Path:
-    "The release bundle in `out`: ONNX model + sidecar, the model card stating the release, the record, the public export."
+    """The release bundle in `out`: ONNX model + sidecar, the int8 mobile model + sidecar (named in `record`), the
+    model card stating the release, the record, the public export."""
+    from derma_nb.cache import load_prepared
     from derma_nb.card import markdown_page
+    from derma_nb.export import sidecar_path
+    from derma_nb.mobile import mobile_model
     from derma_nb.public import public_export
 
     out.mkdir(parents=True)
     for src in ("artifacts/export/model.onnx", "artifacts/export/model.onnx.json"):
         shutil.copy2(root / src, out / Path(src).name)
+    mob = mobile_model(out / "model.onnx", load_prepared(root / "artifacts/prepared"), out)  # training images only
+    record["mobile"] = {"file": mob.name, "sha256": hashlib.sha256(mob.read_bytes()).hexdigest(),
+                        "bytes": mob.stat().st_size, **json.loads(sidecar_path(mob).read_text())["quantization"]}
     md = with_release((root / "reports/model_card.md").read_text(encoding="utf-8"), record)
     (out / "model_card.md").write_text(md, encoding="utf-8")
     (out / "model_card.html").write_text(markdown_page(md, f"Model card — derma-nb {record['version']}"), encoding="utf-8")
     (out / "release.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if (root / "reports/index.html").exists():
         public_export(root / "reports", out / "public", root=root)
-    # the mobile model goes here when there is one (its own file + sidecar, named in the record)
     return out
 
 

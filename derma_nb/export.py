@@ -171,7 +171,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 # %% ../nbs/16_export.ipynb #48bff611
 class Predictor:
-    "Decision support for image files or uint8 batches, from a derma_nb model file (.pt) or an exported .onnx."
+    "Decision support for image files or uint8 batches, from a derma_nb model file (.pt), an exported .onnx or .ort."
 
     def __init__(self, model_path: str | Path = RELEASE_MODEL, device: str = "cpu", batch_size: int = 64,
                  views: int | None = None):
@@ -180,7 +180,7 @@ class Predictor:
             raise ModelFileError(f"{self.path}: model file not found; `derma-nb run` writes the pipeline's model to "
                                  f"{RELEASE_MODEL} (and its ONNX export to {RELEASE_ONNX}), or pass --model PATH")
         self.device, self.batch_size = torch.device(device), batch_size
-        if self.path.suffix.lower() == ".onnx":
+        if self.path.suffix.lower() in (".onnx", ".ort"):  # .ort: ONNX Runtime's format (the mobile model)
             self.kind, self.model = "onnx", None
             self.meta = read_sidecar(self.path)
             try:

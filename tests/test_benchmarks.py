@@ -112,6 +112,22 @@ def test_bench_sections_run_and_compare(sample, tmp_path):
     assert "tf_efficientnet_lite0" in md and "| phase2 |" in md
 
 
+def test_loader_and_frozen_sections(sample, tmp_path, monkeypatch):
+    "The input pipeline alone at 224 px, and the frozen work on PyTorch vs ONNX Runtime, on this machine."
+    monkeypatch.setenv("DERMA_NB_BENCH_LOADER_N", "512")
+    bench = _load("bench")
+    bench.main(["--only", "loader", "frozen", "--data", str(sample), "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "benchmarks.json").read_text())["results"]
+    loader = [r for r in rows if r["section"] == "loader"]
+    assert loader[0]["unit"] == "img/s" and loader[0]["value"] > 500  # uint8 batches, no decoding: fast on any CPU
+    frozen = {r["what"].rsplit(": ", 1)[1].split(" (")[0]: r["value"] for r in rows
+              if r["section"] == "frozen" and "trunk" in r["what"]}
+    assert frozen["PyTorch eager"] > 0 and frozen["ONNX Runtime"] > 0
+    assert float(frozen["largest difference from PyTorch"]) < 1e-3  # the same numbers, faster or not
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "| loader |" in md and "| frozen |" in md and "ONNX Runtime / best PyTorch" in md
+
+
 def test_prior_shift_adjustment():
     spec = importlib.util.spec_from_file_location("prior_shift", ROOT / "tools" / "prior_shift.py")
     ps = importlib.util.module_from_spec(spec)

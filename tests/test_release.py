@@ -1,5 +1,6 @@
 """The release boundary on the sample run: a reviewer's sign-off as a git record + GTO tag + bundle, refusals that leave
 nothing behind, and serving that says whether its model is released, unreviewed or rejected."""
+import hashlib
 import json
 import shutil
 import subprocess
@@ -73,7 +74,12 @@ def test_release_refuses_synthetic_then_releases_with_force(released, monkeypatc
     assert rec["test_metrics"]["macro_f1"]["low"] is not None and rec["clearml"]["published"] is False
     bundle = repo / "reports/release/v1.0.0"
     assert {p.name for p in bundle.iterdir()} >= {"model.onnx", "model.onnx.json", "model_card.md", "model_card.html",
-                                                  "release.json", "public"}
+                                                  "release.json", "public", "model.int8.ort", "model.int8.ort.json"}
+    mobile = bundle / "model.int8.ort"  # the int8 model for phones, named in the record, calibrated on training images
+    assert rec["mobile"]["sha256"] == hashlib.sha256(mobile.read_bytes()).hexdigest()
+    assert rec["mobile"]["bytes"] < (bundle / "model.onnx").stat().st_size / 3
+    assert "training images" in rec["mobile"]["calibration"]
+    assert json.loads((bundle / "release.json").read_text())["mobile"] == rec["mobile"]
     card = (bundle / "model_card.md").read_text()
     assert "Released v1.0.0 (prod)" in card and "Dr A" in card and "pipeline test only" in card
     assert "Not reviewed." in (repo / "reports/model_card.md").read_text()  # the pipeline's own card
