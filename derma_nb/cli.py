@@ -175,11 +175,14 @@ def cmd_predict(args) -> int:
          ("--name", {"help": "report name (default: the folder's name) -> reports/external/NAME.html"}),
          ("--n-boot", {"type": int, "default": 1000, "help": "bootstrap resamples of lesions for the 95% CIs"}),
          ("--views", {"type": int, "help": "test-time views with their own stored decisions (default: the model's; "
-                                           "1 = fastest)"}))
+                                           "1 = fastest)"}),
+         ("--allow-rejected", {"action": "store_true", "help": "evaluate a model the gates rejected"}))
 def cmd_evaluate(args) -> int:
     "External evaluation: same preprocessing, metrics, lesion-bootstrap CIs and stored decisions; an HTML report."
     from derma_nb.external import evaluate_external
+    from derma_nb.release import check_servable, model_release_status
 
+    check_servable(model_release_status(args.model), args.allow_rejected) if Path(args.model).exists() else None
     p = params(args)
     page = evaluate_external(args.data, args.model, args.name, n_boot=args.n_boot, seed=p.seed,
                              lenient=p.data.lenient, workers=p.prepare.workers, prepared_dir=p.prepare.out,

@@ -93,7 +93,8 @@ def external_markdown(res: dict, info: dict) -> str:
     md = [f"# External evaluation — `{info['name']}`\n",
           *(["> **The model was trained on the SYNTHETIC sample**: these numbers test the pipeline, not dermoscopy.\n"]
             if info["synthetic_model"] else []),
-          f"Model `{info['model']}` (sha256 `{info['model_sha256'][:12]}`, {info['arch']}), scored on "
+          f"Model `{info['model']}` (sha256 `{info['model_sha256'][:12]}`, {info['arch']}"
+          + (f"; **{info['release']}**" if info.get("release") else "") + "), scored on "
           f"**{res['n']} images of {res['lesions']} lesions** from `{info['data']}`, every image as a test image, with "
           f"the model's preprocessing, {info.get('views', 1)} test-time view(s) and the decisions stored for them "
           f"(nothing fitted here)"
@@ -138,7 +139,7 @@ def evaluate_external(data_dir: str | Path, model_path: str | Path = RELEASE_MOD
     prep, probs = score_dataset(pred, data_dir, Path(cache_root) / name, lenient, workers)
     res = external_results(prep, probs, pred, n_boot, seed)
     info = {"name": name, "model": str(model_path), "model_sha256": sha256_file(model_path),
-            "arch": pred.meta.get("arch", "?"), "views": pred.views, "data": str(data_dir), "synthetic_model": bool(pred.synthetic),
+            "arch": pred.meta.get("arch", "?"), "release": pred.release_status, "views": pred.views, "data": str(data_dir), "synthetic_model": bool(pred.synthetic),
             "synthetic_data": bool(prep.manifest.get("synthetic")), "overlap": training_overlap(prep.table, prepared_dir),
             "left_out": json.loads((prep.dir / "report.json").read_text(encoding="utf-8"))["skipped"]}
     out = Path(out_dir)

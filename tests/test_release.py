@@ -140,3 +140,28 @@ def test_bad_release_is_one_clear_error_and_leaves_nothing(released, case, monke
         assert git(repo, "rev-parse", "HEAD") == head
     if case != "same version twice":
         nothing_left(repo, "v" + version.lstrip("v"))
+
+
+def test_a_rejected_model_is_refused_unless_allowed(run, tmp_path, monkeypatch, capsys):
+    "predict and evaluate --data refuse a model whose run the gates rejected, and use it with --allow-rejected."
+    from derma_nb.sample import make_synthetic_sample
+
+    src, _, _ = run
+    repo = tmp_path / "rejected"
+    (repo / "artifacts/release").mkdir(parents=True)
+    (repo / "reports").mkdir()
+    shutil.copy2(src / "artifacts/release/model.pt", repo / "artifacts/release/model.pt")
+    shutil.copy2(src / "params.yaml", repo / "params.yaml")
+    (repo / "reports/promotion.json").write_text(json.dumps({"decision": "rejected"}))
+    git(repo, "init", "-q")
+    data = make_synthetic_sample(tmp_path / "clinic", lesions={c: 2 for c in ("nv", "mel", "bkl")})
+    image = next((data / "images").glob("*.jpg"))
+    model = str(repo / "artifacts/release/model.pt")
+    for argv in (["predict", str(image), "--model", model],
+                 ["evaluate", "--data", str(data), "--model", model, "--n-boot", "50", "--name", "clinic"]):
+        rc, out, err = release_cli(repo, monkeypatch, capsys, *argv)
+        assert rc == 2 and "REJECTED by the gates" in err and "--allow-rejected" in err and "Traceback" not in err
+        rc, out, err = release_cli(repo, monkeypatch, capsys, *argv, "--allow-rejected")
+        assert rc == 0, err
+        said = out if argv[0] == "predict" else (repo / "reports/external/clinic.md").read_text()
+        assert "REJECTED by the gates" in said  # the model line says what it is
