@@ -30,9 +30,13 @@ def write_bundle(root: Path, record: dict, out: Path) -> Path:
     out.mkdir(parents=True)
     for src in ("artifacts/export/model.onnx", "artifacts/export/model.onnx.json"):
         shutil.copy2(root / src, out / Path(src).name)
-    mob = mobile_model(out / "model.onnx", load_prepared(root / "artifacts/prepared"), out)  # training images only
-    record["mobile"] = {"file": mob.name, "sha256": hashlib.sha256(mob.read_bytes()).hexdigest(),
-                        "bytes": mob.stat().st_size, **json.loads(sidecar_path(mob).read_text())["quantization"]}
+    if (root / "artifacts/prepared/images.npy").exists():  # calibration reads training images only
+        mob = mobile_model(out / "model.onnx", load_prepared(root / "artifacts/prepared"), out)
+        record["mobile"] = {"file": mob.name, "sha256": hashlib.sha256(mob.read_bytes()).hexdigest(),
+                            "bytes": mob.stat().st_size, **json.loads(sidecar_path(mob).read_text())["quantization"]}
+    else:
+        record["mobile"] = {"file": None, "why": "no prepared images to calibrate on (artifacts/prepared/images.npy)"}
+        log.warning("no mobile model in the bundle: %s", record["mobile"]["why"])
     md = with_release((root / "reports/model_card.md").read_text(encoding="utf-8"), record)
     (out / "model_card.md").write_text(md, encoding="utf-8")
     (out / "model_card.html").write_text(markdown_page(md, f"Model card — derma-nb {record['version']}"), encoding="utf-8")
