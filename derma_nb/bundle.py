@@ -5,12 +5,12 @@
 # %% ../nbs/30_bundle.ipynb #16aa435d
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from .config import log
+from .runtime import sha256_file
 from .release import (ARTIFACT, BUNDLE_DIR, RELEASES_DIR, STAGES, ReleaseError, _git, check_version,
                               release_checks, release_record, with_release)
 
@@ -32,7 +32,7 @@ def write_bundle(root: Path, record: dict, out: Path) -> Path:
         shutil.copy2(root / src, out / Path(src).name)
     if (root / "artifacts/prepared/images.npy").exists():  # calibration reads training images only
         mob = mobile_model(out / "model.onnx", load_prepared(root / "artifacts/prepared"), out)
-        record["mobile"] = {"file": mob.name, "sha256": hashlib.sha256(mob.read_bytes()).hexdigest(),
+        record["mobile"] = {"file": mob.name, "sha256": sha256_file(mob),
                             "bytes": mob.stat().st_size, **json.loads(sidecar_path(mob).read_text())["quantization"]}
     else:
         record["mobile"] = {"file": None, "why": "no prepared images to calibrate on (artifacts/prepared/images.npy)"}

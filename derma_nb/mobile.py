@@ -20,6 +20,7 @@ import pandas as pd
 from .config import log
 from .export import Predictor, read_sidecar, sidecar_path
 from .metrics import bootstrap_ci
+from .runtime import sha256_file
 
 # %% auto #0
 __all__ = ['MOBILE_NAME', 'calibration_rows', 'mobile_model', 'compare_models']
@@ -80,7 +81,7 @@ def mobile_model(onnx_path: str | Path, prep, out_dir: str | Path, n_calibration
         "method": "static int8 (ONNX Runtime QDQ): weights int8 per channel, activations uint8 per tensor, "
                   "ranges at the 99.999th percentile",
         "calibration": f"{len(rows)} training images (seed {seed})", "from": onnx_path.name,
-        "from_sha256": __import__("hashlib").sha256(onnx_path.read_bytes()).hexdigest()}}
+        "from_sha256": sha256_file(onnx_path)}}
     sidecar_path(out / MOBILE_NAME).write_text(json.dumps(side, indent=2) + "\n", encoding="utf-8")
     log.info("mobile model: %s (%.1f MB, from %.1f MB) in %.0f s", out / MOBILE_NAME,
              (out / MOBILE_NAME).stat().st_size / 1e6, onnx_path.stat().st_size / 1e6, time.perf_counter() - t0)
