@@ -14,7 +14,7 @@ from .config import load_params
 import pandas as pd
 
 from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
-from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, prior_text
+from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text, prior_text
 from .release import review_section
 from .stage import run_identity
 
@@ -71,6 +71,8 @@ def training_text(f: dict) -> str:
                             for n, ph in runs)
     what = {n: ("the head trained on the frozen backbone" if ph.unfreeze == 0 else
                 f"{_trains(ph.unfreeze)} {'fine-tuned' if n == 2 else 'trained'}") for n, ph in runs}
+    if ens := ensemble_text(f["train"]):
+        return (f"{recipe or 'no training phase'}, for each member; the released model is {ens}.")
     kept = (phase_text(phase_outcome(f["history"], best["metric"]), best, what)
             if f.get("history") is not None and best.get("metric") else
             f"The epoch kept is phase {best.get('phase', '–')}, epoch {best.get('epoch', '–')}.")

@@ -197,6 +197,7 @@ class TrainParams:
     out: Str = "artifacts/model"
     checkpoints: Str = "artifacts/checkpoints"
     trunk_cache: Str = ""
+    members: Int = Field(1, ge=1, le=16)
 
 # %% ../nbs/00_config.ipynb #c1e16654
 @dataclass(config=_STRICT)

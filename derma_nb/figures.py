@@ -89,19 +89,29 @@ CURVES = {"train_loss": ("Training loss", "cross-entropy"), "val_loss": ("Valida
 
 
 def plot_history(history: pd.DataFrame):
-    "Training curves: one panel per curve, epochs numbered across phases, one colour per phase."
+    """Training curves: one panel per curve, epochs numbered across phases, one colour per phase — or, for an
+    ensemble's history (a `member` column), one colour per member, phase 1 dashed."""
     cols = [c for c in CURVES if c in history]
     h = history.reset_index(drop=True)
-    step = np.arange(1, len(h) + 1)  # continuous x across phases even when `epoch` restarts per phase
     phases = list(dict.fromkeys(h["phase"])) if "phase" in h else [None]
+    members = list(dict.fromkeys(h["member"])) if "member" in h else [None]
     fig, axes = _figure(figsize=(3.2 * len(cols), 3.1), ncols=len(cols), squeeze=False)
     for ax, col in zip(axes[0], cols):
-        for i, ph in enumerate(phases):
-            sel = (h["phase"] == ph).to_numpy() if ph is not None else np.ones(len(h), bool)
-            ax.plot(step[sel], h.loc[sel, col], "o-", ms=3, color=f"C{i}", label=f"phase {ph}")
+        for j, mb in enumerate(members):
+            of = (h["member"] == mb).to_numpy() if mb is not None else np.ones(len(h), bool)
+            step = np.cumsum(of)  # continuous x across phases even when `epoch` restarts per phase
+            for i, ph in enumerate(phases):
+                sel = of & ((h["phase"] == ph).to_numpy() if ph is not None else True)
+                if mb is None:
+                    ax.plot(step[sel], h.loc[sel, col], "o-", ms=3, color=f"C{i}", label=f"phase {ph}")
+                else:
+                    ax.plot(step[sel], h.loc[sel, col], "o--" if i < len(phases) - 1 else "o-", ms=3, color=f"C{j}",
+                            label=f"member {mb}" if i == len(phases) - 1 else None)
         ax.set(title=CURVES[col][0], xlabel="epoch (both phases)", ylabel=CURVES[col][1])
         ax.grid(alpha=0.3)
-    if len(phases) > 1:
+    if len(members) > 1:
+        axes[0][0].legend(fontsize=8, title="phase 1 dashed" if len(phases) > 1 else None, title_fontsize=8)
+    elif len(phases) > 1:
         axes[0][0].legend(fontsize=9)
     return fig
 

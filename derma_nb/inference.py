@@ -138,6 +138,7 @@ class FrozenCache:
     seconds: float = 0.0
     loaded: bool = False  # read from `train.trunk_cache` (then `seconds` is the load time)
     computed_seconds: float | None = None  # the run that stored it: how long the trunk took
+    features: tuple | None = None  # phase 1's features over these views, kept for the next ensemble member
 
 
 def frozen_cache(model: Classifier, images: np.ndarray, train_rows, val_rows, unfreeze: int, views: int,

@@ -5,7 +5,9 @@
 # %% ../nbs/07_model.ipynb #d696b856
 from __future__ import annotations
 
+import copy
 import importlib
+import math
 import os
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from .config import CLASSES, log
 __all__ = ['TORCHVISION_ARCHS', 'LITE_WHEELS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MODEL_FORMAT', 'WeightsUnavailable',
            'check_arch', 'weights_cache_path', 'load_torchvision', 'lite_weights_file', 'load_lite_weights',
            'load_timm', 'Classifier', 'build_model', 'stages', 'trainable_prefixes', 'set_trainable', 'train_mode',
-           'count_trainable', 'param_groups', 'split_frozen', 'cam_layer', 'save_model', 'ModelFileError', 'load_model']
+           'count_trainable', 'param_groups', 'split_frozen', 'Ensemble', 'cam_layer', 'save_model', 'ModelFileError',
+           'load_model']
 
 # %% ../nbs/07_model.ipynb #1d55d29f
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -241,9 +244,46 @@ class _Normalize(nn.Module):
     def forward(self, x):
         return (x - self.mean) / self.std
 
+# %% ../nbs/07_model.ipynb #f0cc48e7
+class Ensemble(nn.Module):
+    "Classifiers sharing their frozen stages (`split_frozen` at `unfreeze`): the trunk once, then each member's top."
+
+    def __init__(self, members: list[Classifier], unfreeze: int | str, combine: str = "probs"):
+        super().__init__()
+        if combine not in ("probs", "logits"):
+            raise ValueError(f"combine must be 'probs' or 'logits', got {combine!r}")
+        m0 = members[0]
+        self.arch, self.pretrained, self.unfreeze, self.combine = m0.arch, m0.pretrained, unfreeze, combine
+        self.register_buffer("mean", m0.mean.detach().clone())
+        self.register_buffer("std", m0.std.detach().clone())
+        trunk = split_frozen(m0, unfreeze)[0]
+        for i, m in enumerate(members[1:], 2):
+            other = split_frozen(m, unfreeze)[0].state_dict()
+            if any(not torch.equal(v, other[k]) for k, v in trunk.state_dict().items()):
+                raise ValueError(f"ensemble member {i}'s frozen stages (all but the last {unfreeze}) differ from "
+                                 f"member 1's: members share them only when no phase trained them")
+        self.trunk = nn.Sequential(*list(trunk)[1:])  # the normalization runs on this module's own buffers
+        self.tops = nn.ModuleList(nn.Sequential(split_frozen(m, unfreeze)[1], m.head) for m in members)
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        "(members, N, classes): every member's logits, the trunk run once."
+        a = self.trunk((x - self.mean) / self.std)
+        return torch.stack([top(a) for top in self.tops])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.member_logits(x)
+        if self.combine == "logits":
+            return z.mean(0)
+        return torch.logsumexp(torch.log_softmax(z, -1), 0) - math.log(len(self.tops))
+
 # %% ../nbs/07_model.ipynb #da5c6bdc
-def cam_layer(model: Classifier, image_size: int) -> nn.Module:
-    "The Grad-CAM target layer: the last stride-32 block, or the last stride-16 one below 128 px."
+def cam_layer(model: Classifier | Ensemble, image_size: int) -> nn.Module:
+    """The Grad-CAM target layer: the last stride-32 block, or the last stride-16 one below 128 px; for an `Ensemble`
+    the last shared stage, so the map explains the ensemble's score."""
+    if isinstance(model, Ensemble):
+        if not len(model.trunk):
+            raise ValueError("Grad-CAM of an ensemble needs a frozen stage its members share (phase 2's unfreeze < all)")
+        return model.trunk[-1]
     b = model.body
     if model.arch in TORCHVISION_ARCHS:
         return b.layer4[-1] if image_size >= 128 else b.layer3[-1]
@@ -256,15 +296,19 @@ MODEL_FORMAT = "derma_nb.model/2"
 "Version tag of a saved model file."
 
 
-def save_model(path: str | Path, model: Classifier, image_size: int, resize: str = "center_crop", **extra) -> Path:
-    "Save weights plus arch, classes, dropout and preprocessing (image_size, resize, mean, std)."
+def save_model(path: str | Path, model: Classifier | Ensemble, image_size: int, resize: str = "center_crop",
+               **extra) -> Path:
+    "Save weights plus arch, classes, dropout, preprocessing (image_size, resize, mean, std) and an ensemble's shape."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    dropout = float(model.head[0].p) if isinstance(model.head, nn.Sequential) else 0.0
+    ens = isinstance(model, Ensemble)
+    head = model.tops[0][1] if ens else model.head
+    dropout = float(head[0].p) if isinstance(head, nn.Sequential) else 0.0
+    shape = {"ensemble": {"members": len(model.tops), "unfreeze": model.unfreeze, "combine": model.combine}} if ens else {}
     torch.save({"format": MODEL_FORMAT, "arch": model.arch, "classes": list(CLASSES), "image_size": image_size,
                 "resize": resize, "dropout": dropout, "mean": model.mean.flatten().tolist(),
-                "std": model.std.flatten().tolist(), **extra,
+                "std": model.std.flatten().tolist(), **shape, **extra,
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
     tmp.replace(path)
     return path
@@ -274,7 +318,7 @@ class ModelFileError(ValueError):
     "A model file is missing or is not a derma_nb model: the message names the file and what to do."
 
 
-def load_model(path: str | Path, map_location="cpu") -> tuple[Classifier, dict]:
+def load_model(path: str | Path, map_location="cpu") -> tuple[Classifier | Ensemble, dict]:
     "Rebuild a model saved by `save_model`; returns (model in eval mode, checkpoint metadata without weights)."
     path = Path(path)
     if not path.is_file():
@@ -289,5 +333,8 @@ def load_model(path: str | Path, map_location="cpu") -> tuple[Classifier, dict]:
         raise ModelFileError(f"{path}: not a derma_nb model file (expected format {MODEL_FORMAT}, "
                              f"got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
     model = build_model(ckpt["arch"], "none", len(ckpt["classes"]), ckpt.get("dropout", 0.0))
+    if ens := ckpt.get("ensemble"):  # members start as copies of one network: their frozen stages are the same
+        model = Ensemble([model] + [copy.deepcopy(model) for _ in range(ens["members"] - 1)], ens["unfreeze"],
+                         ens["combine"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -19,8 +19,8 @@ from .stage import STAGE_TITLES, run_identity
 # %% auto #0
 __all__ = ['REFERENCES', 'RESULT_KEYS', 'HEADLINE_KEYS', 'RESULTS_PAGE', 'SUMMARY_KEYS', 'headline_section', 'promotion_section',
            'training_section', 'stages_section', 'identity_section', 'write_index', 'prior_text', 'context_text',
-           'context_status', 'results_table', 'headline_results', 'write_results', 'collect_experiments',
-           'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
+           'context_status', 'ensemble_text', 'results_table', 'headline_results', 'write_results',
+           'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
 
 # %% ../nbs/20_report.ipynb #c9069b3d
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -225,6 +225,19 @@ def context_status(ctx: dict) -> str:
             "the predictions by more than chance.")
 
 
+def ensemble_text(train: dict) -> str:
+    "What an ensemble run kept (metrics/train.json's `ensemble`), in a sentence; '' for one network."
+    e = train.get("ensemble")
+    if not e:
+        return ""
+    best, first = train["best"], e["member_best"][0]
+    return (f"an ensemble of the first {e['members']} of {e['trained']} members trained over one frozen trunk (seeds "
+            f"{', '.join(str(r['seed']) for r in e['member_best'][:e['members']])}), their "
+            f"{'probabilities' if e['combine'] == 'probs' else 'logits'} averaged, each at its own best epoch; chosen on "
+            f"validation, where it scores {metric_name(best['metric'])} {best['value']:.3f} against "
+            f"{first['value']:.3f} for member 1 alone")
+
+
 def _recipe_note(p, train: dict, prior: dict, context: dict | None = None) -> str:
     "The training recipe and decisions of a run (params, metrics/train.json, the context, the prior correction)."
     ph1 = (f"phase 1 {p.train.phase1.epochs} epochs (head on the frozen backbone)" if p.train.phase1.epochs
@@ -235,9 +248,11 @@ def _recipe_note(p, train: dict, prior: dict, context: dict | None = None) -> st
     balance = " + ".join(x for x, on in (("class-balanced sampler", p.train.balanced_sampler),
                                          ("class-weighted loss", p.train.class_weights)) if on) or "no class balancing"
     decided = "".join(f", {t.rstrip(', ')}" for t in (context_text(context or {}), prior_text(prior)) if t)
+    kept = ensemble_text(train) or (f"best: phase {best.get('phase')}, epoch {best.get('epoch')} by val "
+                                    f"{best.get('metric')}")
     return (f"{ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, label smoothing "
-            f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{decided}); best: phase {best.get('phase')}, "
-            f"epoch {best.get('epoch')} by val {best.get('metric')}; trained on {train.get('device')}")
+            f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{decided}); {kept}; trained on "
+            f"{train.get('device')}")
 
 # %% ../nbs/20_report.ipynb #b414a9e3
 def results_table(run_dir: str | Path = ".") -> dict:
