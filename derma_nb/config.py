@@ -231,6 +231,7 @@ class DecideParams:
     prior_max_f1_drop: Float = Field(0.02, ge=0.0, le=1.0)
     context: Bool = True
     context_age_edges: list[Int] = field(default_factory=lambda: [20, 30, 40, 50, 60, 70, 80])
+    context_max_mel_drop: Float = Field(0.0, ge=0.0, le=1.0)
 
     def __post_init__(self):
         e = self.context_age_edges

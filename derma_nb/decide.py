@@ -19,11 +19,11 @@ from .data import DataError, csv_delimiter, decimal_comma, delimiter_hint
 from .metrics import bootstrap_ratio, label_metrics
 
 # %% auto #0
-__all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'calibrated_probs',
-           'nll', 'fit_temperature', 'mel_threshold', 'operating_point', 'conformal_quantile', 'prediction_sets',
-           'class_prior', 'prior_corrected', 'fit_prior_tau', 'age_band_names', 'context_values', 'check_context',
-           'context_given', 'read_context', 'context_for', 'fit_context', 'context_log_ratio', 'fuse_context',
-           'fit_context_weight', 'Decision', 'decide', 'decision_for', 'describe', 'mel_flag_results', 'coverage_rows']
+__all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'mel_threshold',
+           'operating_point', 'conformal_quantile', 'prediction_sets', 'class_prior', 'prior_corrected',
+           'fit_prior_tau', 'age_band_names', 'context_values', 'check_context', 'context_given', 'read_context',
+           'context_for', 'fit_context', 'context_log_ratio', 'fuse_context', 'fit_context_weight', 'Decision',
+           'decide', 'decision_for', 'describe', 'mel_flag_results', 'coverage_rows']
 
 # %% ../nbs/14_decide.ipynb #87d3fbe8
 RELEASE_MODEL = "artifacts/release/model.pt"
@@ -32,25 +32,7 @@ RELEASE_ONNX = "artifacts/export/model.onnx"
 "Its ONNX export, with the same decisions in the sidecar (written by the export stage)."
 
 # %% ../nbs/14_decide.ipynb #61946279
-def calibrated_probs(logits, temperature: float = 1.0) -> np.ndarray:
-    "Softmax of logits / T, averaged over views: logits (views, N, K) or (N, K) → probabilities (N, K)."
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    z = z[None] if z.ndim == 2 else z
-    return torch.softmax(z / temperature, dim=2).mean(0).numpy()
-
-
-def nll(probs: np.ndarray, y) -> float:
-    "Mean negative log-likelihood of the true classes."
-    return float(-np.log(np.clip(probs[np.arange(len(y)), np.asarray(y)], 1e-12, 1)).mean())
-
-# %% ../nbs/14_decide.ipynb #0019334c
-def fit_temperature(logits, y, bounds=(0.05, 20.0)) -> float:
-    "The temperature minimizing the NLL of `calibrated_probs(logits, T)` on labels `y` (validation)."
-    from scipy.optimize import minimize_scalar
-
-    res = minimize_scalar(lambda lt: nll(calibrated_probs(logits, math.exp(lt)), y),
-                          bounds=tuple(map(math.log, bounds)), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(res.x))
+from .metrics import calibrated_probs, fit_temperature, nll  # noqa: F401  (with the other calibration measures)
 
 # %% ../nbs/14_decide.ipynb #fad4b014
 def mel_threshold(p_mel, is_mel, target_sensitivity: float = 0.85) -> dict:

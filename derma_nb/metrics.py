@@ -17,11 +17,11 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 from .config import CLASSES, log
 
 # %% auto #0
-__all__ = ['HEADLINE', 'BOOT_METRICS', 'MIN_CASES', 'AGE_BANDS', 'label_metrics', 'sensitivity_at_specificity',
-           'expected_calibration_error', 'classification_metrics', 'wilson_interval', 'bootstrap_ci', 'bootstrap_ratio',
-           'headline_table', 'per_class_table', 'age_band', 'subgroup_table', 'ci_text', 'subgroup_display',
-           'fmt_number', 'fmt_table', 'headline_display', 'per_class_display', 'absent_classes', 'prob_text', 'plural',
-           'views_text', 'metric_name', 'phase_outcome', 'phase_text']
+__all__ = ['HEADLINE', 'BOOT_METRICS', 'MIN_CASES', 'AGE_BANDS', 'label_metrics', 'calibrated_probs', 'nll', 'fit_temperature',
+           'sensitivity_at_specificity', 'expected_calibration_error', 'classification_metrics', 'wilson_interval',
+           'bootstrap_ci', 'bootstrap_ratio', 'headline_table', 'per_class_table', 'age_band', 'subgroup_table',
+           'ci_text', 'subgroup_display', 'fmt_number', 'fmt_table', 'headline_display', 'per_class_display',
+           'absent_classes', 'prob_text', 'plural', 'views_text', 'metric_name', 'phase_outcome', 'phase_text']
 
 # %% ../nbs/08_metrics.ipynb #af9538d2
 HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -72,6 +72,29 @@ def label_metrics(y_true, y_prob) -> dict:
                 "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
                 "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
                 "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+# %% ../nbs/08_metrics.ipynb #84bbf025
+def calibrated_probs(logits, temperature: float = 1.0) -> np.ndarray:
+    "Softmax of logits / T, averaged over views: logits (views, N, K) or (N, K) → probabilities (N, K)."
+    import torch
+
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    z = z[None] if z.ndim == 2 else z
+    return torch.softmax(z / temperature, dim=2).mean(0).numpy()
+
+
+def nll(probs: np.ndarray, y) -> float:
+    "Mean negative log-likelihood of the true classes."
+    return float(-np.log(np.clip(probs[np.arange(len(y)), np.asarray(y)], 1e-12, 1)).mean())
+
+
+def fit_temperature(logits, y, bounds=(0.05, 20.0)) -> float:
+    "The temperature minimizing the NLL of `calibrated_probs(logits, T)` on labels `y` (validation)."
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda lt: nll(calibrated_probs(logits, math.exp(lt)), y),
+                          bounds=tuple(map(math.log, bounds)), method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(res.x))
 
 # %% ../nbs/08_metrics.ipynb #c3859d0c
 def sensitivity_at_specificity(y_bin, score, specificity: float = 0.8) -> dict:

@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 
 from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared
 from .config import CLASSES, Params, PhaseParams, TrainParams, log
-from .decide import calibrated_probs, fit_temperature, nll
 from .inference import (FrozenCache, amp_dtype, example_batch, forward_rows, frozen_engine, on_engine,
                                  over_views, stored_frozen_cache)
 from .runtime import write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
-from .metrics import label_metrics
+from .metrics import calibrated_probs, fit_temperature, label_metrics, nll
 from .model import Classifier, Ensemble, build_model, param_groups, save_model, split_frozen, train_mode
 
 # %% auto #0
