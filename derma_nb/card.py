@@ -14,6 +14,7 @@ from .config import load_params
 import pandas as pd
 
 from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
+from .decide import PAIRED_HEADER, paired_rows
 from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text, prior_text
 from .release import review_section
 from .stage import run_identity
@@ -159,6 +160,9 @@ def metrics_section(f: dict) -> str:
                "image alone (its image-only decisions, what the model gives when no context is given):\n\n" if img else "")
             + _table(["metric", *([f"{model} + patient context", f"{model}, image only"] if img else [model]),
                       "random forest"], rows)
+            + ("\nWhat the patient context changes on the same test images, class by class (with minus without; the "
+               "intervals resample the same lesions for both):\n\n" + _table(PAIRED_HEADER, paired_rows(paired))
+               if (paired := (t.get("context") or {}).get("paired")) and img else "")
             + ("\nPer class (test split):\n\n" + _table(["class", "images", "precision", "recall", "ROC-AUC", "note"][:6 if absent else 5],
                                                        [r[:6 if absent else 5] for r in per_class]) if pc else "")
             + (f"\n**Absent from the test split:** {', '.join(absent)} — shown as “–”; the macro averages are over "

@@ -19,11 +19,12 @@ from .data import DataError, csv_delimiter, decimal_comma, delimiter_hint
 from .metrics import bootstrap_ratio, label_metrics
 
 # %% auto #0
-__all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'mel_threshold',
-           'operating_point', 'conformal_quantile', 'prediction_sets', 'class_prior', 'prior_corrected',
-           'fit_prior_tau', 'age_band_names', 'context_values', 'check_context', 'context_given', 'read_context',
-           'context_for', 'fit_context', 'context_log_ratio', 'fuse_context', 'fit_context_weight', 'Decision',
-           'decide', 'decision_for', 'describe', 'mel_flag_results', 'coverage_rows']
+__all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'PAIRED_HEADER',
+           'mel_threshold', 'operating_point', 'conformal_quantile', 'prediction_sets', 'class_prior',
+           'prior_corrected', 'fit_prior_tau', 'age_band_names', 'context_values', 'check_context', 'context_given',
+           'read_context', 'context_for', 'fit_context', 'context_log_ratio', 'fuse_context', 'fit_context_weight',
+           'paired_differences', 'paired_rows', 'mel_floor_weight', 'Decision', 'decide', 'decision_for', 'describe',
+           'mel_flag_results', 'coverage_rows']
 
 # %% ../nbs/14_decide.ipynb #87d3fbe8
 RELEASE_MODEL = "artifacts/release/model.pt"
@@ -287,6 +288,66 @@ def fit_context_weight(probs, y, log_ratio, groups=None, n_boot: int = 1000, see
     return {"weight": w if keep else 0.0, "fitted": w, "heldout_gain": ci["value"], "gain_low": ci["low"],
             "gain_high": ci["high"], "level": level, "folds": folds, "n_boot": n_boot}
 
+# %% ../nbs/14_decide.ipynb #98eae712
+def paired_differences(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int = 0, classes=CLASSES,
+                       alpha: float = 0.05) -> dict:
+    "Recall per class and balanced accuracy of predictions `pred_b` minus `pred_a` on the same images, lesion-paired CIs."
+    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y, pred_a, pred_b))
+    codes = pd.factorize(np.asarray(groups))[0]
+    G, K = int(codes.max()) + 1, len(classes)
+    n, hit_a, hit_b = (np.zeros((G, K)) for _ in range(3))
+    np.add.at(n, (codes, y), 1.0)
+    np.add.at(hit_a, (codes, y), (a == y).astype(float))
+    np.add.at(hit_b, (codes, y), (b == y).astype(float))
+    counts = np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), size=n_boot)  # lesions drawn, both sides
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = (counts @ hit_b - counts @ hit_a) / (counts @ n)  # (n_boot, K): NaN where a draw has no image of a class
+        point = (hit_b.sum(0) - hit_a.sum(0)) / n.sum(0)
+
+    def interval(value, boot) -> dict:
+        boot = boot[np.isfinite(boot)]
+        lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(boot) else (None, None)
+        return {"value": None if not np.isfinite(value) else float(value), "low": None if lo is None else float(lo),
+                "high": None if hi is None else float(hi)}
+    present = n.sum(0) > 0
+    per_class = {c: {**interval(point[k], diff[:, k]), "n": int(n[:, k].sum())} for k, c in enumerate(classes)}
+    with np.errstate(invalid="ignore"):
+        bal = interval(point[present].mean(), np.nanmean(np.where(present, diff, np.nan), 1))
+    return {"classes": per_class, "balanced_accuracy": bal, "n_boot": n_boot, "level": 1 - alpha}
+
+
+
+PAIRED_HEADER = ["measure", "images", "with − without context [95% CI]"]
+"Columns of `paired_rows`."
+
+
+def paired_rows(paired: dict) -> list[list[str]]:
+    "`paired_differences` as table rows: recall per class and balanced accuracy, signed, with intervals."
+    def cell(d: dict) -> str:
+        if d.get("value") is None:
+            return "–"
+        return f"{d['value']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("low") is not None else "")
+    return ([[f"{c} recall", str(v["n"]), cell(v)] for c, v in paired["classes"].items()]
+            + [["balanced accuracy", "", cell(paired["balanced_accuracy"])]])
+
+
+def mel_floor_weight(probs, y, log_ratio, weight: float, predict, max_drop: float = 0.0,
+                     mel: int = CLASSES.index("mel")) -> dict:
+    """The largest of `weight` × (1, 0.9, …, 0) whose decisions keep the validation melanoma recall within `max_drop`
+    of the image alone's; `predict(probs)` → predicted classes (the prior correction fitted on those probabilities)."""
+    y, is_mel = np.asarray(y), np.asarray(y) == mel
+    recall = lambda q: float((predict(q)[is_mel] == mel).mean()) if is_mel.any() else None  # noqa: E731
+    image = recall(probs)
+    tried = []
+    for f in np.round(np.arange(10, -1, -1) / 10, 1):
+        w = float(weight * f)
+        r = recall(fuse_context(probs, log_ratio, w))
+        tried.append({"weight": w, "mel_recall": r})
+        if image is None or r >= image - max_drop - 1e-12:
+            break
+    return {"weight": w, "fitted": float(weight), "max_drop": max_drop, "image_mel_recall": image,
+            "mel_recall": r, "lowered": w < weight, "tried": tried}
+
 # %% ../nbs/14_decide.ipynb #5c21a27e
 @dataclass
 class Decision:
@@ -333,8 +394,10 @@ class Decision:
 def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensitivity: float = 0.85,
            alpha: float = 0.1, classwise: bool = False, mel: int = CLASSES.index("mel"), prior=None,
            tau: float | str = 0.0, max_f1_drop: float = 0.02, context: dict | None = None,
-           table: pd.DataFrame | None = None, groups=None, n_boot: int = 1000, seed: int = 0) -> Decision:
-    "Fit T, the context weight (`context` from `fit_context`, `table`: the images'), τ, the melanoma threshold, q̂."
+           table: pd.DataFrame | None = None, groups=None, n_boot: int = 1000, seed: int = 0,
+           max_mel_drop: float | None = None) -> Decision:
+    """Fit T, the context weight (`context` from `fit_context`, `table`: the images'; held to `max_mel_drop` by
+    `mel_floor_weight` when given), τ, the melanoma threshold, q̂."""
     T = fit_temperature(val_logits, y_val) if calibrate else 1.0
     p = calibrated_probs(val_logits, T)
     ctx = {}
@@ -343,8 +406,18 @@ def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensit
             raise ValueError("a context decision needs the validation images' table (age, sex, localization), one row each")
         ratio = context_log_ratio(context, table)
         weight = fit_context_weight(p, y_val, ratio, groups, n_boot, seed)
-        ctx = {"weight": weight["weight"], "fit": weight, **context}  # weight 0: fitted, not used (see `fit`)
-        p = fuse_context(p, ratio, weight["weight"])
+        w = weight["weight"]
+        if w and max_mel_drop is not None:  # each side with its own prior correction, as each would be released
+            def predict(q):
+                t = fit_prior_tau(q, y_val, prior, max_f1_drop)["tau"] if tau == "fit" and prior is not None else tau
+                return prior_corrected(q, prior, 0.0 if t == "fit" else t)
+            floor = mel_floor_weight(p, y_val, ratio, w, predict, max_mel_drop, mel)
+            paired = paired_differences(y_val, predict(p), predict(fuse_context(p, ratio, floor["weight"])),
+                                        np.arange(len(y_val)) if groups is None else groups, n_boot, seed)
+            weight = {**weight, "mel_floor": floor, "paired": paired}
+            w = floor["weight"]
+        ctx = {"weight": w, "fit": weight, **context}  # weight 0: fitted, not used (see `fit`)
+        p = fuse_context(p, ratio, w)
     fit = {}
     if tau == "fit":
         if prior is None:

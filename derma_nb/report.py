@@ -215,12 +215,20 @@ def context_text(ctx: dict) -> str:
 def context_status(ctx: dict) -> str:
     "Whether the patient context is used (metrics/decide.json `context`), in words for a clinical reader."
     if ctx.get("weight"):
+        floor = (ctx.get("fit") or {}).get("mel_floor") or {}
+        lowered = (f", lowered from {floor['fitted']:.2f} so that validation melanoma recall stays within "
+                   f"{floor['max_drop']:g} of the image alone's" if floor.get("lowered") else "")
         return (f"Age, sex and body site are used beside the image (naive Bayes from the training split, weight "
-                f"{ctx['weight']:.2f} chosen on validation).")
+                f"{ctx['weight']:.2f} chosen on validation{lowered}).")
     if ctx.get("asked") is False:
         return "Age, sex and body site are not used: the patient context was switched off for this model."
     if not ctx.get("fit"):
         return "Age, sex and body site are not used: the data gave none to learn from."
+    floor = ctx["fit"].get("mel_floor") or {}
+    if floor.get("fitted"):  # the weight earned on validation cost melanomas there
+        return ("Age, sex and body site were tried beside the image and are not used: on validation they lowered "
+                "melanoma recall by more than the limit fixed before fitting "
+                f"(`decide.context_max_mel_drop: {floor['max_drop']:g}`).")
     return ("Age, sex and body site were tried beside the image and are not used: on validation they did not improve "
             "the predictions by more than chance.")
 
