@@ -148,10 +148,13 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def trial_dir(workdir: Path, name: str) -> Path:
+def trial_dir(workdir: Path, name: str, params: dict | None = None) -> Path:
     d = workdir / name
     d.mkdir()
-    shutil.copy(workdir / "params.yaml", d / "params.yaml")
+    if params is None:
+        shutil.copy(workdir / "params.yaml", d / "params.yaml")
+    else:
+        (d / "params.yaml").write_text(yaml.safe_dump(params))
     (d / "prepared").symlink_to(workdir / "prepared", target_is_directory=True)
     return d
 
@@ -188,3 +191,24 @@ def test_training_resumes_from_any_kill_point_to_the_same_result(workdir):
         print(" | ".join(f"{c:<{w}}" for c, w in zip(r, widths)))
     print(f"({len(KILL_POINTS)} kill points in {time.monotonic() - t_start:.0f} s)")
     assert not failures, "\n".join(failures)
+
+
+def test_an_ensemble_killed_during_member_2_resumes_to_the_same_result(workdir):
+    "Two members (train.members: 2): killed between member 2's first and second epoch, the rerun finds member 1 done."
+    params = {**PARAMS, "train": {**PARAMS["train"], "members": 2}}
+    ref_dir = trial_dir(workdir, "ensemble-uninterrupted", params)
+    run_to_end(ref_dir)
+    ref_metrics, ref_history = outcome(ref_dir)
+    assert ref_metrics["ensemble"]["trained"] == 2 and sorted(set(ref_history.member)) == [1, 2]
+    assert len(ref_metrics["ensemble"]["validation"]) == 4  # k = 1, 2, each averaged two ways
+
+    d = trial_dir(workdir, "ensemble-killed", params)
+    killed = run_and_kill(d, KillPoint("member 2, between epochs 1 and 2", "ensemble member 2 of 2",
+                                       then_file="member2/last.pt"))
+    assert "phase1 epoch 1/" in killed.split("ensemble member 2 of 2")[1]
+    log = run_to_end(d)
+    assert "member1/last.pt: phase 2, 3 epochs done (finished)" in log  # member 1 is not trained again
+    assert "member2/last.pt: phase 1, 1 epochs done" in log
+    metrics, history = outcome(d)
+    assert metrics == ref_metrics, (metrics, ref_metrics)
+    pd.testing.assert_frame_equal(history, ref_history)
