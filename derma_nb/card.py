@@ -68,7 +68,8 @@ def training_text(f: dict) -> str:
     "The training recipe from params, the epoch kept and — from the history — which phase it came from."
     p, best = f["params"], f["train"].get("best", {})
     runs = [(n, ph) for n, ph in ((1, p.train.phase1), (2, p.train.phase2)) if ph.epochs]
-    recipe = "; then ".join(f"phase {n}: {_trains(ph.unfreeze)} ({ph.epochs} epochs, learning rate {ph.lr:g})"
+    recipe = "; then ".join(f"phase {n}: {_trains(ph.unfreeze)} ({ph.epochs} epochs, learning rate {ph.lr:g}"
+                            f"{f', an exponential moving average of the weights kept (decay {ph.ema:g})' if ph.ema else ''})"
                             for n, ph in runs)
     what = {n: ("the head trained on the frozen backbone" if ph.unfreeze == 0 else
                 f"{_trains(ph.unfreeze)} {'fine-tuned' if n == 2 else 'trained'}") for n, ph in runs}

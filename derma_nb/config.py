@@ -155,6 +155,7 @@ class PhaseParams:
     patience: Int = Field(5, ge=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: Int = Field(0, ge=0)
+    ema: Float = Field(0.0, ge=0.0, lt=1.0)
 
     def __post_init__(self):
         if self.cache_views and (self.augment or self.unfreeze == "all"):

@@ -258,7 +258,8 @@ def _recipe_note(p, train: dict, prior: dict, context: dict | None = None) -> st
     decided = "".join(f", {t.rstrip(', ')}" for t in (context_text(context or {}), prior_text(prior)) if t)
     kept = ensemble_text(train) or (f"best: phase {best.get('phase')}, epoch {best.get('epoch')} by val "
                                     f"{best.get('metric')}")
-    return (f"{ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}, {balance}, label smoothing "
+    ema = f", weights averaged (EMA {ph2.ema:g})" if ph2.ema else ""
+    return (f"{ph1}, phase 2 {ph2.epochs} epochs ({trained}{views}, lr {ph2.lr:g}{ema}, {balance}, label smoothing "
             f"{p.train.label_smoothing:g}, test-time views {p.decide.views}{decided}); {kept}; trained on "
             f"{train.get('device')}")
 

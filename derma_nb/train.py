@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,13 +29,15 @@ from .inference import (FrozenCache, amp_dtype, example_batch, forward_rows, fro
 from .runtime import write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
 from .metrics import calibrated_probs, fit_temperature, label_metrics, nll
-from .model import Classifier, Ensemble, build_model, param_groups, save_model, split_frozen, train_mode
+from .model import (Classifier, Ensemble, build_model, param_groups, save_model, split_frozen, train_mode,
+                             trainable_prefixes)
 
 # %% auto #0
-__all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'FitState', 'run_key',
-           'save_checkpoint', 'load_checkpoint', 'Fit', 'phase_inputs', 'phase_net', 'eta_text', 'fit_phase',
-           'FitResult', 'uses_channels_last', 'shared_cache', 'two_phase_fit', 'member_seed', 'member_model',
-           'member_val_logits', 'choose_ensemble', 'fit_ensemble', 'train_summary', 'train_timings', 'train_model']
+__all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'WeightEMA',
+           'trained_names', 'ema_weights', 'FitState', 'run_key', 'save_checkpoint', 'load_checkpoint', 'Fit',
+           'phase_inputs', 'phase_net', 'eta_text', 'fit_phase', 'FitResult', 'uses_channels_last', 'shared_cache',
+           'two_phase_fit', 'member_seed', 'member_model', 'member_val_logits', 'choose_ensemble', 'fit_ensemble',
+           'train_summary', 'train_timings', 'train_model']
 
 # %% ../nbs/13_train.ipynb #264fabf4
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -76,18 +79,60 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.opti
 
 # %% ../nbs/13_train.ipynb #66f88a3d
 def run_epoch(net: nn.Module, batches, to_input: Callable, opt, sched, loss_fn, scaler, amp=None,
-              device: torch.device = torch.device("cpu"), desc: str = "epoch", progress: bool = False) -> dict:
+              device: torch.device = torch.device("cpu"), desc: str = "epoch", progress: bool = False,
+              after_step: Callable[[], None] | None = None) -> dict:
     "One pass over the training batches; mean loss, accuracy, images seen and images/s."
     t0, tot, n, correct = time.perf_counter(), 0.0, 0, 0
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, mininterval=5):
         y = y.to(device, non_blocking=True)
         loss, c = train_step(net, to_input(x), y, opt, loss_fn, scaler, amp)
         sched.step()
+        if after_step is not None:
+            after_step()
         tot, n, correct = tot + loss * len(y), n + len(y), correct + c
     tot, n, correct = all_sum([tot, n, correct])
     secs = time.perf_counter() - t0
     return {"loss": tot / max(n, 1), "accuracy": correct / max(n, 1), "images": int(n),
             "images_per_s": round(n / secs, 1) if secs > 0 else None}
+
+# %% ../nbs/13_train.ipynb #77edba83
+class WeightEMA:
+    "Exponential moving average of a model's tensors named `names` (the ones that train), in float32."
+
+    def __init__(self, model: nn.Module, decay: float, names):
+        self.decay, sd = decay, model.state_dict()
+        self.shadow = {k: sd[k].detach().float().clone() for k in names}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        sd = model.state_dict()
+        for k, v in self.shadow.items():
+            v.lerp_(sd[k].float(), 1.0 - self.decay)
+
+
+def trained_names(model: Classifier, unfreeze) -> list[str]:
+    "The state-dict entries that train when the last `unfreeze` stages and the head do (batch-norm counters aside)."
+    pre = trainable_prefixes(model, unfreeze)
+    return [k for k, v in model.state_dict().items() if k.startswith(pre) and v.is_floating_point()]
+
+
+@contextmanager
+def ema_weights(model: nn.Module, ema: WeightEMA | None):
+    "Inside the block the model holds the averaged weights; after it, its own again (no-op without an average)."
+    if ema is None:
+        yield model
+        return
+    sd = model.state_dict()
+    own = {k: sd[k].detach().clone() for k in ema.shadow}
+    with torch.no_grad():
+        for k, v in ema.shadow.items():
+            sd[k].copy_(v)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for k, v in own.items():
+                sd[k].copy_(v)
 
 # %% ../nbs/13_train.ipynb #e3b9b79c
 @dataclass
@@ -115,12 +160,13 @@ def run_key(cfg: TrainParams, seed: int, prep: PreparedData, model: nn.Module, f
     return h.hexdigest()[:16]
 
 # %% ../nbs/13_train.ipynb #736644f3
-def save_checkpoint(path: Path, key: str, model: nn.Module, state: FitState, opt=None, sched=None):
+def save_checkpoint(path: Path, key: str, model: nn.Module, state: FitState, opt=None, sched=None, ema=None):
     "Write the full training state to `path` atomically."
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"run_key": key, "model": model.state_dict(), "state": asdict(state),
                 "optimizer": opt.state_dict() if opt is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None}, tmp)
+                "scheduler": sched.state_dict() if sched is not None else None,
+                **({"ema": ema.shadow} if ema is not None else {})}, tmp)
     tmp.replace(path)
 
 
@@ -266,7 +312,7 @@ def eta_text(seconds: float) -> str:
 
 
 def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict, val: tuple, lr: float,
-               secs: float, opt, sched) -> None:
+               secs: float, opt, sched, ema: WeightEMA | None = None) -> None:
     "Record the epoch, keep the best weights, count stale epochs, stop early, checkpoint (rank 0; others follow)."
     vloss, m = val
     row = {"phase": pi + 1, "epoch": state.epoch + 1, "step": len(state.history) + 1, "lr": lr,
@@ -281,10 +327,11 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
     if improved:
         state.best = {"value": m[fit.cfg.select_metric], "metric": fit.cfg.select_metric, "phase": pi + 1,
                       "epoch": state.epoch + 1, "step": row["step"], "val": m}
-        save_model(fit.best_path, fit.model, int(fit.prep.manifest["image_size"]),
-                   fit.prep.manifest.get("resize", "center_crop"), phase=pi + 1, epoch=state.epoch + 1,
-                   select_metric=fit.cfg.select_metric, val_metrics=m,
-                   dataset_sha256=fit.prep.manifest.get("dataset_sha256"))
+        with ema_weights(fit.model, ema):  # the average is what was validated
+            save_model(fit.best_path, fit.model, int(fit.prep.manifest["image_size"]),
+                       fit.prep.manifest.get("resize", "center_crop"), phase=pi + 1, epoch=state.epoch + 1,
+                       select_metric=fit.cfg.select_metric, val_metrics=m,
+                       dataset_sha256=fit.prep.manifest.get("dataset_sha256"))
     state.stale = 0 if improved else state.stale + 1
     done = [r["seconds"] for r in state.history if r["phase"] == pi + 1]
     log.info("%s epoch %d/%d: loss %.4f, val acc %.3f bal-acc %.3f mF1 %.3f%s (%.1f s, %s img/s, phase ETA %s)",
@@ -295,7 +342,7 @@ def _end_epoch(fit: Fit, pi: int, ph: PhaseParams, state: FitState, stats: dict,
     if state.stale >= ph.patience and state.epoch < ph.epochs:
         log.info("%s: early stop, val %s did not improve for %d epochs", name, fit.cfg.select_metric, ph.patience)
         state.epoch = ph.epochs
-    save_checkpoint(fit.last, fit.key, fit.model, state, opt, sched)
+    save_checkpoint(fit.last, fit.key, fit.model, state, opt, sched, ema)
     if fit.on_epoch:
         fit.on_epoch(row)
 
@@ -326,6 +373,9 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
     if saved and saved.get("optimizer"):
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
+    ema = WeightEMA(fit.model, ph.ema, trained_names(fit.model, ph.unfreeze)) if ph.ema else None
+    if ema is not None and saved and saved.get("ema"):
+        ema.shadow = {k: v.to(fit.device) for k, v in saved["ema"].items()}
     net = wrap(phase_net(fit, kind), fit.device)
     scaler = torch.amp.GradScaler("cuda", enabled=fit.amp == torch.float16)
     while state.epoch < ph.epochs:
@@ -336,10 +386,11 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
         t0, lr = time.perf_counter(), sched.get_last_lr()[0]
         stats = run_epoch(net, _batches(fit, pi, state.epoch, kind), _to_input(fit, ph, kind, x_tr, g), opt, sched,
                           fit.loss_fn, scaler, fit.amp, fit.device, f"phase{pi + 1} epoch {state.epoch + 1}",
-                          fit.progress and ranks().main)
-        val = _validate(fit, kind, x_va) if ranks().main else None
+                          fit.progress and ranks().main, after_step=(lambda: ema.update(fit.model)) if ema else None)
+        with ema_weights(fit.model, ema):
+            val = _validate(fit, kind, x_va) if ranks().main else None
         if ranks().main:
-            _end_epoch(fit, pi, ph, state, stats, val, lr, time.perf_counter() - t0, opt, sched)
+            _end_epoch(fit, pi, ph, state, stats, val, lr, time.perf_counter() - t0, opt, sched, ema)
         state.__dict__.update(broadcast(asdict(state)))
         barrier()
 
