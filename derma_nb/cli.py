@@ -209,7 +209,8 @@ def cmd_serve(args) -> int:
     return 0
 
 # %% ../nbs/23_cli.ipynb #dcce8edf
-@command("release", "a reviewer signs off the promoted run: a release record in releases/, a GTO tag, a bundle",
+@command("release", "a reviewer signs off the promoted run: a release record in releases/, a GTO tag, a bundle "
+         "(and, in ClearML server mode, the model published to ClearML's model registry)",
          ("--version", {"help": "semantic version, e.g. 1.0.0 (tagged model@v1.0.0)"}),
          ("--reviewer", {"help": "who reviewed the run"}),
          ("--note", {"help": "what was reviewed, and the decision"}),
@@ -220,7 +221,7 @@ def cmd_serve(args) -> int:
 def cmd_release(args) -> int:
     "Release the run in the current folder, or show a release."
     from derma_nb.bundle import release
-    from derma_nb.release import BUNDLE_DIR, RELEASES_DIR, ReleaseError, release_text, show_release
+    from derma_nb.release import BUNDLE_DIR, RELEASES_DIR, ReleaseError, clearml_text, release_text, show_release
 
     if args.show:
         print(release_text(show_release(".", args.show)))
@@ -234,6 +235,7 @@ def cmd_release(args) -> int:
     print(f"released {rec['version']}{stage}: record "
           f"{RELEASES_DIR}/{rec['version']}.json (committed), tag model@{rec['version']}, bundle "
           f"{BUNDLE_DIR}/{rec['version']}/")
+    print(clearml_text(rec["clearml"]))
     return 0
 
 

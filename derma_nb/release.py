@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,12 +14,13 @@ from pathlib import Path
 
 from .config import load_params, log
 from .runtime import sha256_file
+from .tracking import resolve_mode
 
 # %% auto #0
 __all__ = ['RELEASES_DIR', 'ARTIFACT', 'STAGES', 'BUNDLE_DIR', 'UNREVIEWED', 'REJECTED', 'HEADLINE_KEYS', 'REVIEW_HEADING',
            'ReleaseError', 'check_version', 'version_key', 'run_files', 'release_checks', 'release_record',
            'review_section', 'with_release', 'releases', 'show_release', 'release_of', 'release_status', 'model_repo',
-           'model_release_status', 'check_servable', 'release_text', 'releases_table']
+           'model_release_status', 'check_servable', 'release_text', 'clearml_text', 'releases_table']
 
 # %% ../nbs/28_release.ipynb #99de3bf8
 RELEASES_DIR = "releases"
@@ -124,6 +124,10 @@ def release_record(root: str | Path, version: str, reviewer: str, note: str, cav
     metrics = {k: {"value": test.get(k), **{b: (ci.get(k) or {}).get(b) for b in ("low", "high")}}
                for k in HEADLINE_KEYS if k in test}
     tags = [f"release:{version}"] + ([f"stage:{stage}"] if stage else [])
+    try:
+        mode = resolve_mode(load_params(f["params"]).tracking.mode)
+    except ValueError as e:
+        raise ReleaseError(str(e)) from None
     return {"version": version, "artifact": ARTIFACT, "reviewer": reviewer, "note": note, "caveats": list(caveats),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage, "forced": forced or [],
             "run_id": promo.get("run_id"), "gates": promo.get("decision"), "arch": promo.get("arch"),
@@ -134,7 +138,7 @@ def release_record(root: str | Path, version: str, reviewer: str, note: str, cav
                      "sidecar_sha256": sha256_file(f["ONNX sidecar"])},
             "model_card_sha256": sha256_file(f["model card"]), "test_metrics": metrics, "test_n": test.get("n"),
             "git_commit": _git(root, "rev-parse", "HEAD", check=False) or None,
-            "clearml": {"published": False, "mode": os.environ.get("DERMA_NB_TRACKING", "offline"),
+            "clearml": {"published": False, "mode": mode,
                         "would_publish": {"model": "artifacts/export/model.onnx", "name": f"{promo.get('arch')} {version}",
                                           "tags": tags}}}
 
@@ -237,8 +241,17 @@ def release_text(rec: dict) -> str:
               f"model card sha256 {rec['model_card_sha256']}",
               f"test (n = {rec.get('test_n')}, 95% CI): " + "; ".join(
                   f"{metric_name(k)} {ci_text(v)}" for k, v in rec["test_metrics"].items()),
-              "ClearML: not published (" + ", ".join(rec["clearml"]["would_publish"]["tags"]) + " would be)"]
+              clearml_text(rec["clearml"])]
     return "\n".join(lines)
+
+
+def clearml_text(c: dict) -> str:
+    "The ClearML line of a release: the model published and where, or why not and what would have been."
+    if c.get("published"):
+        return (f"ClearML: published as model {c['model_id']} on {c['host']} ({', '.join(c['tags'])}), "
+                f"{len(c.get('tasks') or [])} task(s) of the run tagged")
+    why = c.get("why") or f"tracking mode {c.get('mode')}"
+    return f"ClearML: not published ({why}); {', '.join(c['would_publish']['tags'])} would be"
 
 
 def releases_table(recs: list[dict]) -> str:
