@@ -119,8 +119,8 @@ class _Unreachable(Exception):
 
 
 def _scrub(text, secrets=()) -> str:
-    "`text` with every URL cut to scheme://host[:port] and each of `secrets` replaced by ***."
-    text = re.sub(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]+", lambda m: redact_url(m.group(0)), str(text))
+    "`text` for the release record (in git): every URL replaced by <server>, each of `secrets` by ***."
+    text = re.sub(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]+", "<server>", str(text))
     for s in secrets:
         text = text.replace(s, "***")
     return text
@@ -143,7 +143,7 @@ def _clearml_api(tmp: Path) -> Iterator[tuple]:
     with _env(**clearml_env(tmp)), _quiet():
         host = _api_host()
         if not reachable(host):
-            raise _Unreachable(f"ClearML server {redact_url(host)} unreachable")
+            raise _Unreachable(redact_url(host))
         was_offline = Task.is_offline()  # a process that ran ClearML offline: online for this, then offline again
         try:
             Task.set_offline(False)
@@ -189,8 +189,10 @@ def publish_clearml(root: str | Path, record: dict) -> dict:
     root, v, block = Path(root), record["version"], dict(record["clearml"])
     plan, mode = block["would_publish"], block["mode"]
 
-    def not_published(why: str, level=logging.WARNING) -> dict:
-        log.log(level, "ClearML: %s not published to the model registry: %s", v, why)
+    def not_published(why: str, level=logging.WARNING, host: str | None = None) -> dict:
+        "The block saying why (no server address: the record goes into git; the log line names it)."
+        log.log(level, "ClearML: %s not published to the model registry: %s", v,
+                why.replace("the ClearML server", f"the ClearML server {host}") if host else why)
         return {**block, "published": False, "why": why}
 
     if mode != "server":
@@ -205,7 +207,7 @@ def publish_clearml(root: str | Path, record: dict) -> dict:
                 try:
                     _publish(api, root, record, project, done)
                 except Exception as e:
-                    why = f"ClearML server {where} failed while publishing ({_scrub(f'{type(e).__name__}: {e}', secrets)})"
+                    why = f"the ClearML server failed while publishing ({_scrub(f'{type(e).__name__}: {e}', secrets)})"
                     try:
                         if done["model"]:
                             api.models.delete(model=done["model"], force=True)
@@ -215,7 +217,7 @@ def publish_clearml(root: str | Path, record: dict) -> dict:
                                              f"{', '.join(t['id'] for t in done['tasks'])} may be left there")
                     return not_published(f"{why}; nothing of it was left there")
         except _Unreachable as e:
-            return not_published(str(e))
+            return not_published("the ClearML server did not answer", host=str(e))
         except Exception as e:  # ClearML missing or misconfigured, the login refused
             return not_published(f"ClearML unavailable ({_scrub(f'{type(e).__name__}: {e}', secrets)})")
     log.info("ClearML: %s published as model %s on %s (%s), %d task(s) of run %s tagged", v, done["model"], where,
@@ -223,7 +225,7 @@ def publish_clearml(root: str | Path, record: dict) -> dict:
     if not done["tasks"]:
         log.info("ClearML: no task of run %s on %s (tracked offline? `derma_nb.tracking.import_session` imports its "
                  "sessions)", record.get("run_id"), where)
-    return {"published": True, "mode": mode, "host": where, "project": project, "model_id": done["model"],
+    return {"published": True, "mode": mode, "project": project, "model_id": done["model"],
             "name": plan["name"], "model": plan["model"], "tags": list(plan["tags"]), "tasks": done["tasks"]}
 
 
@@ -237,6 +239,6 @@ def withdraw_clearml(block: dict) -> str:
             _untag(api, block.get("tasks") or [])
         return ""
     except Exception as e:
-        return (f"but ClearML model {block['model_id']} on {block['host']} is still published ({type(e).__name__}): "
+        return (f"but ClearML model {block['model_id']} is still published on the server ({type(e).__name__}): "
                 "delete it there")
 

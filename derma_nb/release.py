@@ -248,7 +248,7 @@ def release_text(rec: dict) -> str:
 def clearml_text(c: dict) -> str:
     "The ClearML line of a release: the model published and where, or why not and what would have been."
     if c.get("published"):
-        return (f"ClearML: published as model {c['model_id']} on {c['host']} ({', '.join(c['tags'])}), "
+        return (f"ClearML: published as model {c['model_id']} ({', '.join(c['tags'])}), "
                 f"{len(c.get('tasks') or [])} task(s) of the run tagged")
     why = c.get("why") or f"tracking mode {c.get('mode')}"
     return f"ClearML: not published ({why}); {', '.join(c['would_publish']['tags'])} would be"
