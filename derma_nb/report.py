@@ -108,13 +108,15 @@ def training_section(train: dict, history=None, p=None) -> str:
                 2: "the whole network fine-tuned" if ph2.unfreeze == "all" else "the last stage and the head fine-tuned"
                 if ph2.unfreeze == 1 else f"the last {ph2.unfreeze} stages and the head fine-tuned"}
     phases = (" " + html.escape(phase_text(phase_outcome(history, best["metric"]), best, what), quote=False)
-              if history is not None and best.get("metric") else "")
+              if history is not None and best.get("metric") and not train.get("ensemble") else "")
+    kept = (f"Kept: {html.escape(ensemble_text(train), quote=False)}." if train.get("ensemble") else
+            f"Kept: phase {best.get('phase', '–')}, epoch {best.get('epoch', '–')}, validation "
+            f"{html.escape(metric_name(str(best.get('metric', ''))))} {_fmt(best.get('value'), 3)}.")
     weights = {"imagenet": "ImageNet weights", "none": "no pretrained weights"}.get(str(train.get("weights")),
                                                                                   f"weights {train.get('weights', '–')}")
     return (f"<section id='training'><h2>Training</h2><p>{html.escape(str(train.get('arch', '–')))} ({weights}), "
-            f"trained on <code>{html.escape(str(train.get('device', '–')))}</code>. Kept: phase {best.get('phase', '–')}, "
-            f"epoch {best.get('epoch', '–')}, validation {html.escape(metric_name(str(best.get('metric', ''))))} "
-            f"{_fmt(best.get('value'), 3)}.{phases} Each epoch's numbers and curves are on the training page; wall "
+            f"trained on <code>{html.escape(str(train.get('device', '–')))}</code>. {kept}{phases} Each epoch's numbers "
+            f"and curves are on the training page; wall "
             f"times are in the run summary.</p></section>")
 
 # %% ../nbs/20_report.ipynb #0ef2304e
@@ -280,7 +282,9 @@ def results_table(run_dir: str | Path = ".") -> dict:
             return "–"
         return f"{v:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci and ci.get("low") is not None else f"{v:.3f}"
 
-    model_name = f"{train.get('arch', test.get('model'))} ({p.prepare.image_size} px, weights {p.model.weights})"
+    ens = train.get("ensemble")
+    members = f", ensemble of {ens['members']}" if ens else ""
+    model_name = f"{train.get('arch', test.get('model'))} ({p.prepare.image_size} px, weights {p.model.weights}{members})"
     decided = _load_json(run / "metrics/decide.json") or {}
     context = decided.get("context") or {}
     image_only = (test.get("context") or {}).get("image_only") if context.get("weight") else None
