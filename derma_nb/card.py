@@ -86,8 +86,11 @@ def model_section(f: dict) -> str:
     "Model details: backbone, weights, image size, the training recipe, the decisions stored with it."
     p, tr, d = f["params"], f["train"], f["decide"]
     weights = tr.get("weights", p.model.weights)
+    ens = tr.get("ensemble")
+    heads = (f"{ens['members']} members sharing its frozen stages, each with its own trained last stages and linear head "
+             "over 7 classes" if ens else "a linear head over 7 classes")
     return (f"## Model details\n\n- **Architecture**: `{tr.get('arch', p.model.arch)}` (initial weights: "
-            f"{_WEIGHTS.get(weights, weights)}), a linear head over 7 classes; input images {p.prepare.image_size} px, "
+            f"{_WEIGHTS.get(weights, weights)}), {heads}; input images {p.prepare.image_size} px, "
             f"{_RESIZE.get(p.prepare.resize, p.prepare.resize)}.\n- **Training**: {training_text(f)} Seed {p.seed}.\n"
             f"- **Stored with the model** (fitted on validation): "
             f"{views_text(d['views']) if d.get('views') else '–'}, temperature {_fmt(d.get('temperature'), 3)}, "
