@@ -50,11 +50,16 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     assert table.groupby("lesion_id").split.nunique().max() == 1
     assert (table.groupby(["dx", "split"]).size().unstack().reindex(columns=["train", "val", "test"]) > 0).all().all()
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert train["arch"] == "tf_efficientnet_lite0" and train["weights"] == "imagenet" and train["epochs_run"] == 4
+    assert train["arch"] == "tf_efficientnet_lite0" and train["weights"] == "imagenet"
+    # the profile's deep ensemble: every member trains both phases over the one frozen trunk
+    members = train["ensemble"]["trained"]
+    assert members == 3 and train["epochs_run"] == 4 * members
+    assert 1 <= train["ensemble"]["members"] <= members
     timings = json.loads((repo / "reports/timings/train.json").read_text())
     assert timings["cache_seconds"] > 0  # phase 2 on the frozen part's cached views
     hist = pd.read_csv(repo / "plots/history.csv")
-    assert list(hist.phase) == [1, 1, 2, 2]
+    assert list(hist.phase) == [1, 1, 2, 2] * members
+    assert list(hist.member) == [m for m in range(1, members + 1) for _ in range(4)]
     test = json.loads((repo / "metrics/test.json").read_text())
     assert 0 <= test["accuracy"] <= 1 and test["ci"]["accuracy"]["low"] <= test["accuracy"]
     assert "HAM10000" in (repo / "reports/index.html").read_text()
