@@ -2,6 +2,7 @@
 
     python benchmarks/serve_bench.py --model artifacts/export/model.onnx          # the pipeline's export
     python benchmarks/serve_bench.py --model M.onnx --views 1 8 --image lesion.jpg --out reports/benchmarks_serve
+    python benchmarks/serve_bench.py --model ensemble.onnx single.onnx --views 1 --clients 1   # side by side
 
 The server runs in its own process (uvicorn, as `derma-nb serve` starts it, Grad-CAM off); the clients are threads in
 this process, each with one keep-alive connection, posting the same JPEG as multipart form data, as a browser does.
@@ -125,16 +126,24 @@ def model_alone(model: str, views: int | None, image: Path, repeat: int = 200) -
             "predict_p50_ms": 1000 * statistics.median(t_model)}
 
 
+def model_name(path: str) -> str:
+    "A model's file with the folder above it (`export/model.onnx`), and its size."
+    p = Path(path)
+    return f"{p.parent.name}/{p.name} ({p.stat().st_size / 1e6:.1f} MB)"
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| views | clients | requests | p50 ms | p95 ms | p99 ms | requests/s |", "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['views']} | {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['rps']:.0f} |" for r in rows]
+    out = ["| model | views | clients | requests | p50 ms | p95 ms | p99 ms | requests/s |",
+           "|---|---|---|---|---|---|---|---|"]
+    out += [f"| {model_name(r['model'])} | {r['views']} | {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | "
+            f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.0f} |" for r in rows]
     return "\n".join(out)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="artifacts/export/model.onnx")
+    ap.add_argument("--model", nargs="+", default=["artifacts/export/model.onnx"],
+                    help="one or more exported models, measured one after another in this run")
     ap.add_argument("--views", type=int, nargs="+", default=[None], help="test-time views (default: the model's)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
@@ -147,36 +156,37 @@ def main(argv=None):
     image = a.image or default_image(Path(tempfile.mkdtemp()))
     body, ctype = multipart(image)
     rows, alone = [], []
-    for views in a.views:
+    for model, views in ((m, v) for m in a.model for v in a.views):
         port = free_port()
-        proc = start_server(a.model, views, port, a.max_batch)
+        proc = start_server(model, views, port, a.max_batch)
         try:
             load(port, body, ctype, 4, 40)  # warm-up: sessions, threads, connections
             for c in a.clients:
-                r = {"views": views, **load(port, body, ctype, c, a.requests)}
+                r = {"model": model, "views": views, **load(port, body, ctype, c, a.requests)}
                 c_ = http.client.HTTPConnection("127.0.0.1", port)
                 c_.request("GET", "/health")
                 h = json.loads(c_.getresponse().read())
                 r["views"] = h["views"]
                 rows.append(r)
-                print(f"views {r['views']}, {c:>2} clients: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f}, "
+                print(f"{model_name(model)}, views {r['views']}, {c:>2} clients: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f}, "
                       f"p99 {r['p99_ms']:.1f}, {r['rps']:.0f} requests/s", flush=True)
         finally:
             proc.terminate()
             proc.wait()
-        alone.append(model_alone(a.model, views, image))
-        print(f"model alone, {alone[-1]['views']} view(s), one image: predict p50 {alone[-1]['predict_p50_ms']:.1f} ms, "
+        alone.append({"model": model, **model_alone(model, views, image)})
+        print(f"{model_name(model)} alone, {alone[-1]['views']} view(s), one image: predict p50 {alone[-1]['predict_p50_ms']:.1f} ms, "
               f"decode + predict {alone[-1]['decode_and_predict_p50_ms']:.1f} ms", flush=True)
     import onnxruntime
 
-    env = {"model": a.model, "image": f"{image.name} ({image.stat().st_size} bytes)", "cpus": os.cpu_count(),
+    env = {"models": a.model, "image": f"{image.name} ({image.stat().st_size} bytes)", "cpus": os.cpu_count(),
            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
            "command": "python benchmarks/serve_bench.py " + " ".join(sys.argv[1:])}
     md = "\n".join([f"# derma-nb serve on loopback\n", f"`{env['command']}`; {env['cpus']} CPUs, onnxruntime "
-                    f"{env['onnxruntime']}, model {env['model']}, image {env['image']}.\n", table(rows), "",
+                    f"{env['onnxruntime']}, image {env['image']}.\n", table(rows), "",
                     "The model alone in the same run (one image, no HTTP):\n",
-                    "| views | predict p50 ms | decode + predict p50 ms |", "|---|---|---|",
-                    *[f"| {r['views']} | {r['predict_p50_ms']:.1f} | {r['decode_and_predict_p50_ms']:.1f} |"
+                    "| model | views | predict p50 ms | decode + predict p50 ms |", "|---|---|---|---|",
+                    *[f"| {model_name(r['model'])} | {r['views']} | {r['predict_p50_ms']:.1f} | "
+                      f"{r['decode_and_predict_p50_ms']:.1f} |"
                       for r in alone]])
     print("\n" + md)
     if a.out:

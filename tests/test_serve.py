@@ -191,3 +191,28 @@ def test_page_uploads_an_image_and_shows_the_result(server, served_model, tmp_pa
             Path(shot).write_bytes(base64.b64decode(b("Page.captureScreenshot", format="png")["data"]))
     finally:
         b.close()
+
+
+def test_serve_bench_measures_two_models_side_by_side(served_model, tmp_path):
+    "benchmarks/serve_bench.py: one server per model, a row per model and client count, the model alone beside them."
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_bench", ROOT / "benchmarks" / "serve_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    other = tmp_path / "copy" / "model.onnx"
+    other.parent.mkdir()
+    shutil.copy(served_model["onnx"], other)
+    shutil.copy(str(served_model["onnx"]) + ".json", str(other) + ".json")
+    out = tmp_path / "serve"
+    bench.main(["--model", str(served_model["onnx"]), str(other), "--clients", "1", "2", "--requests", "12",
+                "--image", str(served_model["image"]), "--out", str(out)])
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert [(Path(s["model"]).parent.name, s["clients"]) for s in r["serve"]] == [
+        (served_model["onnx"].parent.name, 1), (served_model["onnx"].parent.name, 2), ("copy", 1), ("copy", 2)]
+    assert all(s["requests"] == 12 and 0 < s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] and s["rps"] > 0 and s["views"] == 1
+               for s in r["serve"])
+    assert [Path(m["model"]).parent.name for m in r["model_alone"]] == [served_model["onnx"].parent.name, "copy"]
+    assert all(0 < m["predict_p50_ms"] <= m["decode_and_predict_p50_ms"] for m in r["model_alone"])
+    md = out.with_suffix(".md").read_text()
+    assert md.count("| copy/model.onnx (") == 3 and "| model | views | clients |" in md
