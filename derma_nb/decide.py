@@ -22,9 +22,9 @@ from .metrics import bootstrap_ratio, label_metrics
 __all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'PAIRED_HEADER',
            'mel_threshold', 'operating_point', 'conformal_quantile', 'prediction_sets', 'class_prior',
            'prior_corrected', 'fit_prior_tau', 'age_band_names', 'context_values', 'check_context', 'context_given',
-           'read_context', 'context_for', 'fit_context', 'context_log_ratio', 'fuse_context', 'fit_context_weight',
-           'paired_differences', 'paired_rows', 'mel_floor_weight', 'Decision', 'decide', 'decision_for', 'describe',
-           'mel_flag_results', 'coverage_rows']
+           'read_context', 'context_for', 'fit_context', 'context_log_ratio', 'fuse_context', 'context_temperature',
+           'fit_context_weight', 'paired_differences', 'paired_rows', 'mel_floor_weight', 'Decision', 'decide',
+           'decision_for', 'describe', 'mel_flag_results', 'coverage_rows']
 
 # %% ../nbs/14_decide.ipynb #87d3fbe8
 RELEASE_MODEL = "artifacts/release/model.pt"
@@ -254,11 +254,17 @@ def context_log_ratio(context: dict, table: pd.DataFrame) -> np.ndarray:
     return out
 
 # %% ../nbs/14_decide.ipynb #93760bfe
-def fuse_context(probs, log_ratio, weight: float) -> np.ndarray:
-    "Probabilities × exp(weight · log ratio), renormalized: the image's evidence combined with the context's."
-    z = np.log(np.clip(np.asarray(probs, float), 1e-300, None)) + weight * np.asarray(log_ratio, float)
+def fuse_context(probs, log_ratio, weight: float, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities × exp(weight · log ratio), renormalized: the image's evidence combined with the context's;
+    `temperature` recalibrates the combination (softmax of its log / T)."""
+    z = (np.log(np.clip(np.asarray(probs, float), 1e-300, None)) + weight * np.asarray(log_ratio, float)) / temperature
     z = np.exp(z - z.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
+
+
+def context_temperature(probs, y, log_ratio, weight: float) -> float:
+    "The temperature minimizing the NLL of the combination at `weight` on these images (1 when the weight is 0)."
+    return fit_temperature(np.log(fuse_context(probs, log_ratio, weight)), y) if weight else 1.0
 
 
 def _best_weight(probs, y, log_ratio, bounds) -> float:
@@ -332,16 +338,18 @@ def paired_rows(paired: dict) -> list[list[str]]:
 
 
 def mel_floor_weight(probs, y, log_ratio, weight: float, predict, max_drop: float = 0.0,
-                     mel: int = CLASSES.index("mel")) -> dict:
+                     mel: int = CLASSES.index("mel"), recalibrate: bool = True) -> dict:
     """The largest of `weight` × (1, 0.9, …, 0) whose decisions keep the validation melanoma recall within `max_drop`
-    of the image alone's; `predict(probs)` → predicted classes (the prior correction fitted on those probabilities)."""
+    of the image alone's; `predict(probs)` → predicted classes (the prior correction fitted on those probabilities);
+    each weight's combination recalibrated by its own `context_temperature` when `recalibrate`."""
     y, is_mel = np.asarray(y), np.asarray(y) == mel
     recall = lambda q: float((predict(q)[is_mel] == mel).mean()) if is_mel.any() else None  # noqa: E731
     image = recall(probs)
     tried = []
     for f in np.round(np.arange(10, -1, -1) / 10, 1):
         w = float(weight * f)
-        r = recall(fuse_context(probs, log_ratio, w))
+        t = context_temperature(probs, y, log_ratio, w) if recalibrate else 1.0
+        r = recall(fuse_context(probs, log_ratio, w, t))
         tried.append({"weight": w, "mel_recall": r})
         if image is None or r >= image - max_drop - 1e-12:
             break
@@ -374,7 +382,8 @@ class Decision:
         "Calibrated image probabilities (N, K) combined with a context table's age/sex/site (unchanged without one)."
         if not self.uses_context or context is None:
             return np.asarray(probs)
-        return fuse_context(probs, context_log_ratio(self.context, context), self.context["weight"])
+        return fuse_context(probs, context_log_ratio(self.context, context), self.context["weight"],
+                            self.context.get("temperature", 1.0))  # files before the recalibration: none
 
     def knows(self, context: pd.DataFrame | None) -> np.ndarray:
         "Per row of a context table: does this decision use any of its values (False everywhere without context)?"
@@ -397,7 +406,7 @@ def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensit
            table: pd.DataFrame | None = None, groups=None, n_boot: int = 1000, seed: int = 0,
            max_mel_drop: float | None = None) -> Decision:
     """Fit T, the context weight (`context` from `fit_context`, `table`: the images'; held to `max_mel_drop` by
-    `mel_floor_weight` when given), τ, the melanoma threshold, q̂."""
+    `mel_floor_weight` when given) and the combination's temperature, τ, the melanoma threshold, q̂."""
     T = fit_temperature(val_logits, y_val) if calibrate else 1.0
     p = calibrated_probs(val_logits, T)
     ctx = {}
@@ -406,18 +415,20 @@ def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensit
             raise ValueError("a context decision needs the validation images' table (age, sex, localization), one row each")
         ratio = context_log_ratio(context, table)
         weight = fit_context_weight(p, y_val, ratio, groups, n_boot, seed)
-        w = weight["weight"]
+        w, floor = weight["weight"], None
         if w and max_mel_drop is not None:  # each side with its own prior correction, as each would be released
             def predict(q):
                 t = fit_prior_tau(q, y_val, prior, max_f1_drop)["tau"] if tau == "fit" and prior is not None else tau
-                return prior_corrected(q, prior, 0.0 if t == "fit" else t)
-            floor = mel_floor_weight(p, y_val, ratio, w, predict, max_mel_drop, mel)
-            paired = paired_differences(y_val, predict(p), predict(fuse_context(p, ratio, floor["weight"])),
+                return prior_corrected(q, prior, t)
+            floor = mel_floor_weight(p, y_val, ratio, w, predict, max_mel_drop, mel, recalibrate=calibrate)
+            w = floor["weight"]
+        t = context_temperature(p, y_val, ratio, w) if calibrate else 1.0  # the combination recalibrated
+        if floor is not None:
+            paired = paired_differences(y_val, predict(p), predict(fuse_context(p, ratio, w, t)),
                                         np.arange(len(y_val)) if groups is None else groups, n_boot, seed)
             weight = {**weight, "mel_floor": floor, "paired": paired}
-            w = floor["weight"]
-        ctx = {"weight": w, "fit": weight, **context}  # weight 0: fitted, not used (see `fit`)
-        p = fuse_context(p, ratio, w)
+        ctx = {"weight": w, "temperature": t, "fit": weight, **context}  # weight 0: fitted, not used (see `fit`)
+        p = fuse_context(p, ratio, w, t)
     fit = {}
     if tau == "fit":
         if prior is None:
