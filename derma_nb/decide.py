@@ -16,7 +16,7 @@ import torch
 
 from .config import CLASSES, log
 from .data import DataError, csv_delimiter, decimal_comma, delimiter_hint
-from .metrics import bootstrap_ratio, label_metrics
+from .metrics import bootstrap_ratio, label_metrics, lesion_draws, percentile_interval
 
 # %% auto #0
 __all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'PAIRED_HEADER',
@@ -299,28 +299,24 @@ def paired_differences(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int 
                        alpha: float = 0.05) -> dict:
     "Recall per class and balanced accuracy of predictions `pred_b` minus `pred_a` on the same images, lesion-paired CIs."
     y, a, b = (np.asarray(v, dtype=np.int64) for v in (y, pred_a, pred_b))
-    codes = pd.factorize(np.asarray(groups))[0]
-    G, K = int(codes.max()) + 1, len(classes)
+    codes, counts = lesion_draws(groups, n_boot, seed)  # the same lesions drawn for both sides
+    G, K = counts.shape[1], len(classes)
     n, hit_a, hit_b = (np.zeros((G, K)) for _ in range(3))
     np.add.at(n, (codes, y), 1.0)
     np.add.at(hit_a, (codes, y), (a == y).astype(float))
     np.add.at(hit_b, (codes, y), (b == y).astype(float))
-    counts = np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), size=n_boot)  # lesions drawn, both sides
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = (counts @ hit_b - counts @ hit_a) / (counts @ n)  # (n_boot, K): NaN where a draw has no image of a class
         point = (hit_b.sum(0) - hit_a.sum(0)) / n.sum(0)
 
     def interval(value, boot) -> dict:
-        boot = boot[np.isfinite(boot)]
-        lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(boot) else (None, None)
-        return {"value": None if not np.isfinite(value) else float(value), "low": None if lo is None else float(lo),
-                "high": None if hi is None else float(hi)}
+        lo, hi = percentile_interval(boot, alpha)
+        return {"value": None if not np.isfinite(value) else float(value), "low": lo, "high": hi}
     present = n.sum(0) > 0
     per_class = {c: {**interval(point[k], diff[:, k]), "n": int(n[:, k].sum())} for k, c in enumerate(classes)}
     with np.errstate(invalid="ignore"):
         bal = interval(point[present].mean(), np.nanmean(np.where(present, diff, np.nan), 1))
     return {"classes": per_class, "balanced_accuracy": bal, "n_boot": n_boot, "level": 1 - alpha}
-
 
 
 PAIRED_HEADER = ["measure", "images", "with − without context [95% CI]"]

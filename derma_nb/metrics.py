@@ -19,9 +19,10 @@ from .config import CLASSES, log
 # %% auto #0
 __all__ = ['HEADLINE', 'BOOT_METRICS', 'MIN_CASES', 'AGE_BANDS', 'label_metrics', 'calibrated_probs', 'nll', 'fit_temperature',
            'sensitivity_at_specificity', 'expected_calibration_error', 'classification_metrics', 'wilson_interval',
-           'bootstrap_ci', 'bootstrap_ratio', 'headline_table', 'per_class_table', 'age_band', 'subgroup_table',
-           'ci_text', 'subgroup_display', 'fmt_number', 'fmt_table', 'headline_display', 'per_class_display',
-           'absent_classes', 'prob_text', 'plural', 'views_text', 'metric_name', 'phase_outcome', 'phase_text']
+           'percentile_interval', 'lesion_draws', 'bootstrap_ci', 'bootstrap_ratio', 'headline_table',
+           'per_class_table', 'age_band', 'subgroup_table', 'ci_text', 'subgroup_display', 'fmt_number', 'fmt_table',
+           'headline_display', 'per_class_display', 'absent_classes', 'prob_text', 'plural', 'views_text',
+           'metric_name', 'phase_outcome', 'phase_text']
 
 # %% ../nbs/08_metrics.ipynb #af9538d2
 HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -274,6 +275,24 @@ def _honest_intervals(out: dict, y: np.ndarray, pred: np.ndarray, mel: int | Non
     return out
 
 
+def percentile_interval(boot, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    "The α/2 and 1 − α/2 percentiles of the finite bootstrap values, as plain floats (None, None when there are none)."
+    boot = np.asarray(boot, dtype=np.float64)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return None, None
+    lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def lesion_draws(groups, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's lesion code, and how often each lesion is drawn in each of `n_boot` resamples of the lesions
+    (n_boot, lesions): a statistic summed per lesion is resampled by a matrix product with it."""
+    codes = pd.factorize(np.asarray(groups))[0]
+    G = int(codes.max()) + 1
+    return codes, np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), size=n_boot)
+
+
 def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
                  n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, classes=CLASSES, y_pred=None) -> dict:
     "Percentile CIs from resampling lesions (`groups`; None = each image alone), seeded; Wilson for proportions."
@@ -304,10 +323,8 @@ def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
             samples[n].append(v)
     out = {}
     for n in names:
-        v = np.concatenate(samples[n])
-        v = v[np.isfinite(v)]
-        lo, hi = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(v) else (np.nan, np.nan)
-        out[n] = {"value": _num(point[n][0]), "low": _num(lo), "high": _num(hi)}
+        lo, hi = percentile_interval(np.concatenate(samples[n]), alpha)
+        out[n] = {"value": _num(point[n][0]), "low": lo, "high": hi}
     out = _honest_intervals(out, y, pred, mel, alpha)
     log.debug("bootstrap: %d resamples of %d lesions (%d images) in %.2f s", n_boot, G, len(y),
               time.perf_counter() - t0)
@@ -317,17 +334,14 @@ def bootstrap_ci(y_true, y_prob, groups, metrics=tuple(HEADLINE),
 def bootstrap_ratio(values, mask, groups, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     "Mean of `values` over the images in `mask`, with a lesion-bootstrap interval (`groups`; 0/1 values: Wilson too)."
     v, m = np.asarray(values, dtype=np.float64), np.asarray(mask, dtype=bool)
-    codes = pd.factorize(np.asarray(groups))[0]
     if not m.any():
         return {"value": None, "low": None, "high": None, "n": 0}
-    G = int(codes.max()) + 1
+    codes, counts = lesion_draws(groups, n_boot, seed)
+    G = counts.shape[1]
     num, den = np.bincount(codes, v * m, minlength=G), np.bincount(codes, m.astype(float), minlength=G)
-    counts = np.random.default_rng(seed).multinomial(G, np.full(G, 1 / G), size=n_boot) if n_boot else None
     with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (counts @ num) / (counts @ den) if n_boot else np.array([])
-    boot = boot[np.isfinite(boot)]
-    lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if len(boot) else (np.nan, np.nan)
-    out = {"value": float(num.sum() / den.sum()), "low": _num(lo), "high": _num(hi), "n": int(m.sum())}
+        lo, hi = percentile_interval((counts @ num) / (counts @ den), alpha)
+    out = {"value": float(num.sum() / den.sum()), "low": lo, "high": hi, "n": int(m.sum())}
     if np.isin(v[m], (0.0, 1.0)).all():  # a proportion: Wilson, so that 9 of 9 is not [1, 1]
         out = {k: x for k, x in _proportion(out, int(v[m].sum()), int(m.sum()), alpha).items() if k != "k"}
     return out
