@@ -22,7 +22,7 @@ __all__ = ['HEADLINE', 'BOOT_METRICS', 'MIN_CASES', 'AGE_BANDS', 'label_metrics'
            'percentile_interval', 'lesion_draws', 'bootstrap_ci', 'bootstrap_ratio', 'headline_table',
            'per_class_table', 'age_band', 'subgroup_table', 'ci_text', 'subgroup_display', 'fmt_number', 'fmt_table',
            'headline_display', 'per_class_display', 'absent_classes', 'prob_text', 'plural', 'views_text',
-           'metric_name', 'phase_outcome', 'phase_text']
+           'metric_name', 'phase_outcome', 'phase_text', 'phase2_start_text']
 
 # %% ../nbs/08_metrics.ipynb #af9538d2
 HEADLINE: dict[str, str] = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
@@ -550,3 +550,26 @@ def phase_text(outcome: list[dict], best: dict, what: dict | None = None) -> str
         return (f"The epoch kept is from phase 2 ({kept}): phase 2 ({what.get(2, 'the fine-tuning')}) raised validation "
                 f"{m} from phase 1's best {p1['best']:.3f} to {p2['best']:.3f}.")
     return f"Only phase {best.get('phase')} ran; the epoch kept is its epoch {best.get('epoch')}."
+
+# %% ../nbs/08_metrics.ipynb #8cd33853
+def phase2_start_text(history: pd.DataFrame, metric: str, phase1, phase2, bn_stats: str = "frozen") -> str:
+    """Why phase 2's first train loss is above phase 1's last, from one network's history (plots/history.csv) and the
+    phases' settings (`PhaseParams`; `bn_stats` as training resolved it); '' when it is not above or a phase is missing."""
+    h1, h2 = history[history.phase == 1], history[history.phase == 2]
+    if h1.empty or h2.empty or h2.train_loss.iloc[0] <= h1.train_loss.iloc[-1]:
+        return ""
+    start = next(o for o in phase_outcome(history, metric) if o["phase"] == 1)["best_epoch"]
+    last, first = h1.iloc[-1], float(h2.train_loss.iloc[0])
+    at = float(h1.loc[h1.epoch == start, "train_loss"].iloc[0])
+    why = [f"it starts from phase 1's best epoch by validation {metric_name(metric)} (epoch {start}, train loss {at:.3f} "
+           f"while it trained)" + ("" if start == int(last.epoch) else f", not its last (epoch {int(last.epoch)})")]
+    if phase2.augment and not phase1.augment:
+        why.append("its loss is measured on augmented images, phase 1's on plain ones")
+    if bn_stats == "batch" and phase2.unfreeze != 0:
+        why.append("batch norm in its trained stages normalises each batch with the batch's own statistics, while "
+                   "phase 1's head was fitted on features normalised with the running ones")
+    if not phase2.warmup_epochs:
+        why.append(f"its learning rate starts at {phase2.lr:g} with no warmup, so the first steps move the features "
+                   "the head was fitted on")
+    return (f"Phase 2's first train loss ({first:.3f}) is above phase 1's last ({float(last.train_loss):.3f}): "
+            + "; ".join(why) + ".")
