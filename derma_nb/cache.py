@@ -30,7 +30,7 @@ from .split import KNOWN_DUPLICATES, SPLITS, lesion_groups, lesion_split, read_d
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'dataset_fingerprint', 'byte_copies', 'copy_pairs', 'match_files', 'decode_all', 'PreparedData',
            'load_prepared', 'prepare_dataset', 'CachedImages', 'as_batch', 'balanced_weights', 'epoch_sampler',
-           'cache_loader', 'unit_batch', 'BatchAugment', 'dihedral']
+           'cache_loader', 'prefetched', 'unit_batch', 'BatchAugment', 'dihedral']
 
 # %% ../nbs/05_cache.ipynb #00339813
 CACHE_FORMAT = 5
@@ -332,6 +332,58 @@ def cache_loader(images: np.ndarray, rows, labels, batch_size: int = 64, shuffle
     # the loader's generator only seeds workers; separate, so iterating the loader and its sampler agree
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed + 1),
                       collate_fn=as_batch, drop_last=drop_last, pin_memory=pin_memory)
+
+# %% ../nbs/05_cache.ipynb #95238d95
+class prefetched:
+    "Iterate `batches` in a background thread, up to `depth` items ahead, in order (errors re-raised here)."
+
+    _END = object()
+
+    def __init__(self, batches, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be at least 1, got {depth}")
+        self.batches, self.depth = batches, depth
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        q, stop = queue.Queue(maxsize=self.depth), threading.Event()
+
+        def put(item) -> bool:  # False once the consumer has gone
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce():
+            try:
+                for item in self.batches:
+                    if not put((item, None)):
+                        return
+                put((self._END, None))
+            except BaseException as e:  # handed to the consumer, raised there
+                put((self._END, e))
+
+        t = threading.Thread(target=produce, name="derma-nb-prefetch", daemon=True)
+        t.start()
+        try:
+            while True:
+                item, err = q.get()
+                if err is not None:
+                    raise err
+                if item is self._END:
+                    return
+                yield item
+        finally:
+            stop.set()
+            t.join(timeout=5)
 
 # %% ../nbs/05_cache.ipynb #7b9d88a5
 def unit_batch(x: torch.Tensor, device=None, channels_last: bool = False) -> torch.Tensor:

@@ -192,6 +192,7 @@ class TrainParams:
     features_phase1: Bool = True
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    prefetch: Literal["auto", "on", "off"] = "auto"
     frozen_engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     augment: AugmentParams = field(default_factory=AugmentParams)
     bn_stats: Literal["auto", "frozen", "batch"] = "auto"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared
+from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared, prefetched
 from .config import CLASSES, Params, PhaseParams, TrainParams, log
 from .inference import (FrozenCache, amp_dtype, example_batch, forward_rows, frozen_engine, on_engine,
                                  over_views, stored_frozen_cache)
@@ -35,9 +35,9 @@ from .model import (Classifier, Ensemble, build_model, param_groups, save_model,
 # %% auto #0
 __all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'WeightEMA',
            'trained_names', 'ema_weights', 'FitState', 'run_key', 'save_checkpoint', 'load_checkpoint', 'Fit',
-           'phase_inputs', 'phase_net', 'eta_text', 'fit_phase', 'FitResult', 'uses_channels_last', 'shared_cache',
-           'two_phase_fit', 'member_seed', 'member_model', 'member_val_logits', 'choose_ensemble', 'fit_ensemble',
-           'train_summary', 'train_timings', 'train_model']
+           'phase_inputs', 'phase_net', 'eta_text', 'fit_phase', 'FitResult', 'uses_channels_last', 'uses_prefetch',
+           'shared_cache', 'two_phase_fit', 'member_seed', 'member_model', 'member_val_logits', 'choose_ensemble',
+           'fit_ensemble', 'train_summary', 'train_timings', 'train_model']
 
 # %% ../nbs/13_train.ipynb #264fabf4
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -66,8 +66,9 @@ def lr_schedule(opt: torch.optim.Optimizer, ph: PhaseParams, steps_per_epoch: in
 
 # %% ../nbs/13_train.ipynb #aef55616
 def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, loss_fn,
-               scaler: torch.amp.GradScaler, amp=None) -> tuple[float, int]:
-    "One optimizer step on a batch; returns (mean loss, correct predictions)."
+               scaler: torch.amp.GradScaler, amp=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns (mean loss, correct predictions) as 0-d tensors on the device: reading
+    them waits for the step to finish, so `run_epoch` adds them up there and reads the sums once, after the epoch."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         logits = net(x)
         loss = loss_fn(logits.float(), y)
@@ -75,22 +76,23 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.opti
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
-    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+    return loss.detach(), (logits.argmax(1) == y).sum()
 
 # %% ../nbs/13_train.ipynb #66f88a3d
 def run_epoch(net: nn.Module, batches, to_input: Callable, opt, sched, loss_fn, scaler, amp=None,
               device: torch.device = torch.device("cpu"), desc: str = "epoch", progress: bool = False,
               after_step: Callable[[], None] | None = None) -> dict:
     "One pass over the training batches; mean loss, accuracy, images seen and images/s."
-    t0, tot, n, correct = time.perf_counter(), 0.0, 0, 0
+    t0, n = time.perf_counter(), 0
+    tot = correct = torch.zeros((), dtype=torch.float64, device=device)  # in double, as Python would add them
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, mininterval=5):
         y = y.to(device, non_blocking=True)
         loss, c = train_step(net, to_input(x), y, opt, loss_fn, scaler, amp)
         sched.step()
         if after_step is not None:
             after_step()
-        tot, n, correct = tot + loss * len(y), n + len(y), correct + c
-    tot, n, correct = all_sum([tot, n, correct])
+        tot, n, correct = tot + loss.double() * len(y), n + len(y), correct + c
+    tot, n, correct = all_sum([float(tot), n, int(correct)])  # the one wait for the device
     secs = time.perf_counter() - t0
     return {"loss": tot / max(n, 1), "accuracy": correct / max(n, 1), "images": int(n),
             "images_per_s": round(n / secs, 1) if secs > 0 else None}
@@ -384,7 +386,9 @@ def fit_phase(fit: Fit, pi: int, state: FitState, saved: dict | None = None) -> 
         g = torch.Generator(device=fit.device if kind == "images" else "cpu").manual_seed(es)
         fit.model.head.train() if kind == "features" else train_mode(fit.model, ph.unfreeze, fit.bn_stats)
         t0, lr = time.perf_counter(), sched.get_last_lr()[0]
-        stats = run_epoch(net, _batches(fit, pi, state.epoch, kind), _to_input(fit, ph, kind, x_tr, g), opt, sched,
+        batches = _batches(fit, pi, state.epoch, kind)
+        batches = prefetched(batches) if uses_prefetch(fit.cfg, fit.device) else batches  # made while it steps
+        stats = run_epoch(net, batches, _to_input(fit, ph, kind, x_tr, g), opt, sched,
                           fit.loss_fn, scaler, fit.amp, fit.device, f"phase{pi + 1} epoch {state.epoch + 1}",
                           fit.progress and ranks().main, after_step=(lambda: ema.update(fit.model)) if ema else None)
         with ema_weights(fit.model, ema):
@@ -424,6 +428,11 @@ def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
 def uses_channels_last(cfg: TrainParams, device: torch.device) -> bool:
     "Whether training runs channels_last (`train.channels_last`; auto: on CUDA and CPU)."
     return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
+
+
+def uses_prefetch(cfg: TrainParams, device: torch.device) -> bool:
+    "Whether training batches are made in a background thread (`train.prefetch`; auto: on CUDA)."
+    return cfg.prefetch == "on" or (cfg.prefetch == "auto" and device.type == "cuda")
 
 
 def shared_cache(model: Classifier, prep: PreparedData, cfg: TrainParams, device, engine: str) -> FrozenCache:

@@ -143,3 +143,12 @@ def test_a_finished_run_is_restored_not_retrained(prep, tmp_path):
     pd.testing.assert_frame_equal(r1.history, r2.history)
     r3 = two_phase_fit(fresh(), prep, cfg(1, 1), tmp_path / "m", resume=False, on_epoch=rows.append)
     assert len(rows) == 2 and r3.best["value"] == r1.best["value"]  # asked to start over: trained again, same result
+
+
+def test_prefetched_batches_train_the_same_run(prep, tmp_path):
+    "train.prefetch: on makes the batches in a background thread; the run is the same to the last bit."
+    r1 = two_phase_fit(fresh(), prep, cfg(prefetch="off"), tmp_path / "a")
+    r2 = two_phase_fit(fresh(), prep, cfg(prefetch="on"), tmp_path / "b")
+    cols = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1"]
+    pd.testing.assert_frame_equal(r1.history[cols], r2.history[cols])
+    assert len(r1.history) == 4
