@@ -5,7 +5,6 @@
 # %% ../nbs/13_train.ipynb #a831322c
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -28,16 +27,15 @@ from .inference import (FrozenCache, amp_dtype, example_batch, forward_rows, fro
                                  over_views, stored_frozen_cache)
 from .runtime import write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
-from .metrics import calibrated_probs, fit_temperature, label_metrics, nll
-from .model import (Classifier, Ensemble, build_model, param_groups, save_model, split_frozen, train_mode,
+from .metrics import label_metrics
+from .model import (Classifier, build_model, param_groups, save_model, split_frozen, train_mode,
                              trainable_prefixes)
 
 # %% auto #0
 __all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'WeightEMA',
            'trained_names', 'ema_weights', 'FitState', 'run_key', 'save_checkpoint', 'load_checkpoint', 'Fit',
-           'phase_inputs', 'phase_net', 'eta_text', 'fit_phase', 'FitResult', 'uses_channels_last', 'uses_prefetch',
-           'shared_cache', 'two_phase_fit', 'member_seed', 'member_model', 'member_val_logits', 'choose_ensemble',
-           'fit_ensemble', 'train_summary', 'train_timings', 'train_model']
+           'phase_inputs', 'TopHead', 'phase_net', 'uses_prefetch', 'eta_text', 'fit_phase', 'FitResult',
+           'uses_channels_last', 'shared_cache', 'two_phase_fit', 'train_summary', 'train_timings', 'train_model']
 
 # %% ../nbs/13_train.ipynb #264fabf4
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -242,7 +240,7 @@ def phase_inputs(fit: Fit, pi: int, ph: PhaseParams) -> tuple[str, torch.Tensor 
     return "images", None, None
 
 # %% ../nbs/13_train.ipynb #5dcc06ef
-class _TopHead(nn.Module):
+class TopHead(nn.Module):
     "The trained top stages and the head over cached trunk activations."
 
     def __init__(self, top: nn.Module, head: nn.Module):
@@ -258,7 +256,7 @@ def phase_net(fit: Fit, kind: str) -> nn.Module:
     if kind == "features":
         return fit.model.head
     if kind == "cached":
-        return _TopHead(split_frozen(fit.model, fit.cache.unfreeze)[1], fit.model.head)
+        return TopHead(split_frozen(fit.model, fit.cache.unfreeze)[1], fit.model.head)
     return fit.model
 
 
@@ -289,6 +287,11 @@ def _batches(fit: Fit, pi: int, ep: int, kind: str = "images"):
         return dl
     yt = torch.tensor(fit.y_tr)
     return [(torch.as_tensor(idx), yt[idx]) for idx in dl.batch_sampler]  # the very same batches, as row indices
+
+
+def uses_prefetch(cfg: TrainParams, device: torch.device) -> bool:
+    "Whether training batches are made in a background thread (`train.prefetch`; auto: on CUDA)."
+    return cfg.prefetch == "on" or (cfg.prefetch == "auto" and device.type == "cuda")
 
 
 def _to_input(fit: Fit, ph: PhaseParams, kind: str, inputs, g: torch.Generator) -> Callable:
@@ -430,11 +433,6 @@ def uses_channels_last(cfg: TrainParams, device: torch.device) -> bool:
     return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
 
 
-def uses_prefetch(cfg: TrainParams, device: torch.device) -> bool:
-    "Whether training batches are made in a background thread (`train.prefetch`; auto: on CUDA)."
-    return cfg.prefetch == "on" or (cfg.prefetch == "auto" and device.type == "cuda")
-
-
 def shared_cache(model: Classifier, prep: PreparedData, cfg: TrainParams, device, engine: str) -> FrozenCache:
     "The frozen trunk's output for phase 2's cached views (from `train.trunk_cache` when it is stored there)."
     device = torch.device(device)
@@ -489,108 +487,6 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     return FitResult(pd.DataFrame(state.history), dict(state.best), out / "best.pt", state.timings, str(device),
                      ranks().world_size, fit.bn_stats, fit.cache)
 
-# %% ../nbs/13_train.ipynb #95b4b0ef
-def member_seed(seed: int, member: int) -> int:
-    "Ensemble member `member`'s seed (0-based): the first trains with the run's own seed, exactly as one network does."
-    return seed + 1000 * member
-
-
-def member_model(first: Classifier, init: dict, seed: int, dropout: float = 0.0) -> Classifier:
-    "Another member: `first`'s initial weights `init` everywhere but the head, which is initialised from `seed`."
-    torch.manual_seed(seed)
-    model = build_model(first.arch, "none", len(CLASSES), dropout)
-    model.load_state_dict({k: v for k, v in init.items() if not k.startswith("head.")}, strict=False)
-    model.pretrained = first.pretrained
-    return model
-
-
-@torch.no_grad()
-def member_val_logits(model: Classifier, prep: PreparedData, cfg: TrainParams, device="cpu",
-                      cache: FrozenCache | None = None) -> torch.Tensor:
-    "(views, N, classes): a trained member on the validation split, over the cached views (else the images, 1 view)."
-    if cache is not None:
-        return over_views(_TopHead(split_frozen(model, cache.unfreeze)[1], model.head), cache.val, device)
-    return forward_rows(model, prep.images, prep.rows("val"), cfg.eval_batch_size, device, cfg.amp)[None]
-
-
-def choose_ensemble(logits: list[torch.Tensor], y, metric: str = "macro_f1") -> dict:
-    """The ensemble, from each member's `member_val_logits`: the first k members whose averaged probabilities score
-    best in `metric` (ties: fewer), averaged as probabilities or logits by the lower NLL after temperature scaling."""
-    rows = []
-    for k in range(1, len(logits) + 1):
-        z = torch.stack(logits[:k]).float()  # (k, views, N, classes)
-        for combine in ("probs", "logits"):
-            p = (z.softmax(-1).mean(0) if combine == "probs" else z.mean(0).softmax(-1)).mean(0).numpy()
-            lp = np.log(np.clip(p, 1e-12, None))
-            t = fit_temperature(lp, y)
-            m = label_metrics(y, p)
-            rows.append({"members": k, "combine": combine, **m,
-                         "nll": nll(calibrated_probs(lp, t), y), "temperature": t})
-    k = max((r for r in rows if r["combine"] == "probs"), key=lambda r: (r[metric], -r["members"]))["members"]
-    pick = min((r for r in rows if r["members"] == k), key=lambda r: (r["nll"], r["combine"] != "probs"))
-    return {"members": k, "combine": pick["combine"], "chosen": pick, "val": {n: pick[n] for n in m}, "rows": rows}
-
-# %% ../nbs/13_train.ipynb #0fbb61b8
-def _stages_trained(unfreeze) -> float:
-    return math.inf if unfreeze == "all" else unfreeze
-
-
-def _ensemble_timings(results: list[FitResult]) -> dict:
-    "The members' timings summed (the frozen trunk counted once, by the member that ran or loaded it), and each's."
-    t = {**results[0].timings}
-    for k in ("phase1_seconds", "phase2_seconds", "features_seconds"):
-        t[k] = round(sum(r.timings.get(k) or 0.0 for r in results), 3)
-    return {**t, "members": [r.timings for r in results]}
-
-
-def fit_ensemble(first: Classifier, prep: PreparedData, cfg: TrainParams, out_dir: str | Path, device="cpu",
-                 seed: int = 0, checkpoint_dir: str | Path | None = None, resume: bool = True,
-                 on_epoch: Callable[[dict], None] | None = None, progress: bool = False,
-                 fused_optimizer: bool = False, engine: str = "torch", dropout: float = 0.0) -> FitResult:
-    "`cfg.members` members over the one frozen trunk (see above); the `Ensemble` kept is saved as `out_dir/best.pt`."
-    out = Path(out_dir)
-    ck = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
-    unfreeze = cfg.phase2.unfreeze if cfg.phase2.epochs else cfg.phase1.unfreeze
-    if cfg.phase1.epochs and cfg.phase2.epochs and _stages_trained(cfg.phase1.unfreeze) > _stages_trained(unfreeze):
-        raise ValueError(f"train.members: {cfg.members} needs a frozen part the members share, but phase 1 trains "
-                         f"{cfg.phase1.unfreeze} stage(s) that phase 2 (unfreeze {unfreeze}) keeps frozen")
-    init = copy.deepcopy(first.state_dict())
-    models, results, cache = [], [], None
-    for m in range(cfg.members):
-        s = member_seed(seed, m)
-        model = first if m == 0 else member_model(first, init, s, dropout)
-        log.info("ensemble member %d of %d (seed %d)", m + 1, cfg.members, s)
-        tagged = (lambda row, m=m: on_epoch({"member": m + 1, **row})) if on_epoch else None
-        folder = ck / f"member{m + 1}"
-        results.append(two_phase_fit(model, prep, cfg, folder, device, s, folder, resume, tagged, progress,
-                                     fused_optimizer, engine, cache))
-        models.append(model)
-        cache = results[-1].cache or cache
-    if cache is None and cfg.phase2.cache_views and cfg.phase2.epochs:  # every member had finished: as a fresh run
-        cache = shared_cache(first, prep, cfg, device, engine)
-    pick = choose_ensemble([member_val_logits(m, prep, cfg, device, cache) for m in models], prep.labels("val"),
-                           cfg.select_metric)
-    chosen, metric, val = pick["chosen"], cfg.select_metric, pick["val"]
-    ens = Ensemble(models[:pick["members"]], unfreeze, pick["combine"]).cpu()
-    if ranks().main:
-        save_model(out / "best.pt", ens, int(prep.manifest["image_size"]), prep.manifest.get("resize", "center_crop"),
-                   select_metric=metric, val_metrics=val, members_trained=cfg.members,
-                   dataset_sha256=prep.manifest.get("dataset_sha256"))
-    history = pd.concat([r.history.assign(member=m + 1) for m, r in enumerate(results)], ignore_index=True)
-    history = history[["member", *[c for c in history.columns if c != "member"]]]
-    summary = {"trained": cfg.members, "members": pick["members"], "combine": pick["combine"],
-               "member_best": [{"member": m + 1, "seed": member_seed(seed, m), "phase": r.best["phase"],
-                                "epoch": r.best["epoch"], "value": r.best["value"]} for m, r in enumerate(results)],
-               "validation": pick["rows"]}
-    log.info("ensemble: the first %d of %d members, %s averaged: val %s %.4f (member 1 alone %.4f)", pick["members"],
-             cfg.members, "probabilities" if pick["combine"] == "probs" else "logits", metric, chosen[metric],
-             results[0].best["value"])
-    best = {"metric": metric, "value": chosen[metric], "members": pick["members"], "combine": pick["combine"],
-            "val": val}
-    r0 = results[0]
-    return FitResult(history, best, out / "best.pt", _ensemble_timings(results), r0.device, r0.world_size,
-                     r0.bn_stats, cache, summary)
-
 # %% ../nbs/13_train.ipynb #5d1fb839
 TIMING_COLUMNS = ("seconds", "images_per_s")
 "Columns of the training history that measure time, not learning: kept out of plots/history.csv."
@@ -621,8 +517,12 @@ def train_model(p: Params, device, on_epoch: Callable[[dict], None] | None = Non
     args = (model, prep, p.train, p.train.out, device, p.seed, p.train.checkpoints, resume, on_epoch, progress)
     kw = dict(fused_optimizer=p.cpu_kernels == "portable", engine=frozen_engine(p.train.frozen_engine, device,
                                                                                  p.cpu_kernels))
-    res = (two_phase_fit(*args, **kw) if p.train.members == 1 else
-           fit_ensemble(*args, **kw, dropout=p.model.dropout))
+    if p.train.members == 1:
+        res = two_phase_fit(*args, **kw)
+    else:
+        from derma_nb.ensemble import fit_ensemble  # which builds on this module
+
+        res = fit_ensemble(*args, **kw, dropout=p.model.dropout)
     if ranks().main:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
         res.history.drop(columns=list(TIMING_COLUMNS)).to_csv(Path(plots_dir) / "history.csv", index=False)
