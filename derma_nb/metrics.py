@@ -565,7 +565,7 @@ def phase2_start_text(history: pd.DataFrame, metric: str, phase1, phase2, bn_sta
            f"while it trained)" + ("" if start == int(last.epoch) else f", not its last (epoch {int(last.epoch)})")]
     if phase2.augment and not phase1.augment:
         why.append("its loss is measured on augmented images, phase 1's on plain ones")
-    if bn_stats == "batch" and phase2.unfreeze != 0:
+    if bn_stats == "batch" and phase2.unfreeze != 0 and phase1.unfreeze == 0:
         why.append("batch norm in its trained stages normalises each batch with the batch's own statistics, while "
                    "phase 1's head was fitted on features normalised with the running ones")
     if not phase2.warmup_epochs:
