@@ -15,14 +15,15 @@ import pandas as pd
 
 from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
 from .decide import PAIRED_HEADER, paired_rows
-from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text, prior_text
+from .report import (_CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text,
+                             prior_text, write_index, write_summary)
 from .release import review_section
 from .stage import run_identity
 
 # %% auto #0
 __all__ = ['SYNTHETIC_NOTE', 'INTENDED_USE', 'card_facts', 'training_text', 'model_section', 'data_section', 'metrics_section',
            'calibration_section', 'operating_section', 'conformal_section', 'subgroup_section', 'limits_section',
-           'card_markdown', 'markdown_page', 'write_model_card']
+           'card_markdown', 'markdown_page', 'write_model_card', 'main']
 
 # %% ../nbs/21_card.ipynb #72685b18
 def card_facts(root: str | Path = ".", params_path: str = "params.yaml") -> dict:
@@ -317,3 +318,21 @@ def write_model_card(root: str | Path = ".", params_path: str = "params.yaml", o
     out.with_suffix(".md").write_text(md, encoding="utf-8")
     out.with_suffix(".html").write_text(markdown_page(md, "Model card — derma-nb"), encoding="utf-8")
     return out.with_suffix(".html")
+
+# %% ../nbs/21_card.ipynb #c9b97c25
+def main(argv: list[str] | None = None) -> int:
+    "`python -m derma_nb.card`: the summary DVC compares, the model card, then reports/index.html (report stage)."
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m derma_nb.card", description=main.__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    a = ap.parse_args(argv)
+    print(f"wrote {write_summary('.')}")
+    print(f"wrote {write_model_card('.', a.params)}")
+    print(f"wrote {write_index('.', a.params)}")
+    return 0
+
+# %% ../nbs/21_card.ipynb #1a78aebb
+#| eval: false
+if __name__ == "__main__":  # python -m derma_nb.card (never run by nbdev_test)
+    raise SystemExit(main())

@@ -20,7 +20,7 @@ from .stage import STAGE_TITLES, run_identity
 __all__ = ['REFERENCES', 'RESULT_KEYS', 'HEADLINE_KEYS', 'RESULTS_PAGE', 'SUMMARY_KEYS', 'headline_section', 'promotion_section',
            'training_section', 'stages_section', 'identity_section', 'write_index', 'prior_text', 'context_text',
            'context_status', 'ensemble_text', 'results_table', 'headline_results', 'write_results',
-           'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary', 'main']
+           'collect_experiments', 'experiments_table', 'write_experiments', 'summary_metrics', 'write_summary']
 
 # %% ../nbs/20_report.ipynb #c9069b3d
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -471,23 +471,3 @@ def write_summary(root: str | Path = ".", out: str = "metrics/summary.json") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary_metrics(test, base, train), indent=2) + "\n", encoding="utf-8")
     return path
-
-# %% ../nbs/20_report.ipynb #ef19e9d5
-def main(argv: list[str] | None = None) -> int:
-    "`python -m derma_nb.report`: the summary DVC compares, the model card, then reports/index.html (report stage)."
-    import argparse
-
-    from derma_nb.card import write_model_card  # the next notebook: the card quotes the same files, styled alike
-
-    ap = argparse.ArgumentParser(prog="python -m derma_nb.report", description=main.__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    a = ap.parse_args(argv)
-    print(f"wrote {write_summary('.')}")
-    print(f"wrote {write_model_card('.', a.params)}")
-    print(f"wrote {write_index('.', a.params)}")
-    return 0
-
-# %% ../nbs/20_report.ipynb #c23bb710
-#| eval: false
-if __name__ == "__main__":  # python -m derma_nb.report (never run by nbdev_test)
-    raise SystemExit(main())
