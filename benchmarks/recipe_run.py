@@ -36,8 +36,9 @@ def run_recipe(profile: str | None, data: str, out: Path, sets: dict, name: str,
     from derma_nb.cli import profile_sets
     from derma_nb.config import load_params
     from derma_nb.decide import decide
+    from derma_nb.display import ci_text
     from derma_nb.inference import predict_logits
-    from derma_nb.metrics import HEADLINE, bootstrap_ci, ci_text, classification_metrics
+    from derma_nb.metrics import HEADLINE, bootstrap_ci, classification_metrics
     from derma_nb.model import load_model
     from derma_nb.runtime import pick_device, seed_everything
     from derma_nb.train import train_model

@@ -13,7 +13,8 @@ from pathlib import Path
 from .config import load_params
 import pandas as pd
 
-from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
+from .display import ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
+from .metrics import HEADLINE
 from .decide import PAIRED_HEADER, paired_rows
 from .report import (_CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text,
                              prior_text, write_index, write_summary)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import CLASSES, log
 from .cache import unit_batch
-from .metrics import prob_text
+from .display import prob_text
 from .model import cam_layer
 
 # %% auto #0

@@ -19,7 +19,8 @@ from .cache import dihedral, load_prepared, unit_batch
 from .config import CLASS_NAMES, CLASSES, load_params, log
 from .runtime import write_json
 from .data import IMAGE_SUFFIXES, DataError, _skip_name, decode_for_model, scan_dataset
-from .metrics import HEADLINE, classification_metrics, prob_text, views_text
+from .display import prob_text, views_text
+from .metrics import HEADLINE, classification_metrics
 from .decide import (CONTEXT_FIELDS, RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, context_for,
                              context_given, decision_for, describe)
 from .model import ModelFileError, load_model

@@ -161,7 +161,8 @@ def pipeline_stages(root: Path) -> list[str]:
 # %% ../nbs/27_notify.ipynb #6812c43b
 def _decision_lines(run: PipelineRun, root: Path) -> list[str]:
     "The promotion decision and the headline test metrics with their 95% intervals (when this run's)."
-    from derma_nb.metrics import HEADLINE, ci_text
+    from derma_nb.display import ci_text
+    from derma_nb.metrics import HEADLINE
 
     promo_path = root / "reports/promotion.json"
     if not promo_path.exists() or (run.rc != 0 and not _fresh(promo_path, run)):

@@ -227,7 +227,7 @@ def check_servable(status: str, allow_rejected: bool = False):
 # %% ../nbs/28_release.ipynb #d0434171
 def release_text(rec: dict) -> str:
     "One release as `derma-nb release --show` prints it."
-    from derma_nb.metrics import ci_text, metric_name
+    from derma_nb.display import ci_text, metric_name
 
     stage = f" ({rec['stage']})" if rec.get("stage") else ""
     lines = [f"{rec['artifact']} {rec['version']}{stage}: signed off by {rec['reviewer']} on {rec['date']}",

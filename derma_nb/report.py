@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from .config import flat_dict, load_params, log
-from .metrics import HEADLINE, metric_name, phase_outcome, phase_text
+from .display import metric_name, phase_outcome, phase_text
+from .metrics import HEADLINE
 from .stage import STAGE_TITLES, run_identity
 
 # %% auto #0

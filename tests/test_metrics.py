@@ -1,4 +1,5 @@
-"""Tests for derma_nb.metrics: every metric against scikit-learn, calibration by hand, the lesion-level bootstrap."""
+"""Tests for derma_nb.metrics: every metric against scikit-learn, calibration by hand, the lesion-level bootstrap
+(and the report tables of derma_nb.display)."""
 from __future__ import annotations
 
 import io
@@ -13,10 +14,11 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support, roc_auc_score, roc_curve)
 
 from derma_nb.config import CLASSES
+from derma_nb.display import headline_table, per_class_table
 from derma_nb.figures import plot_confusion, plot_history, plot_reliability, plot_roc
 from derma_nb.figures import confusion_long, roc_points
 from derma_nb.metrics import (BOOT_METRICS, HEADLINE, bootstrap_ci, classification_metrics, expected_calibration_error,
-                              headline_table, label_metrics, per_class_table, sensitivity_at_specificity)
+                              label_metrics, sensitivity_at_specificity)
 
 K = len(CLASSES)
 MEL = CLASSES.index("mel")
