@@ -14,7 +14,7 @@ from .config import load_params
 import pandas as pd
 
 from .metrics import HEADLINE, ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
-from .decide import PAIRED_HEADER, paired_rows
+from .context import PAIRED_HEADER, paired_rows
 from .report import _CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text, prior_text
 from .release import review_section
 from .stage import run_identity
