@@ -15,7 +15,7 @@ import pandas as pd
 
 from .display import ci_text, metric_name, phase_outcome, phase_text, prob_text, subgroup_display, views_text
 from .metrics import HEADLINE
-from .decide import PAIRED_HEADER, paired_rows
+from .context import PAIRED_HEADER, paired_rows
 from .report import (_CSS, _fmt, _history, _load_json, context_status, context_text, ensemble_text,
                              prior_text, write_index, write_summary)
 from .release import review_section

@@ -5,26 +5,22 @@
 # %% ../nbs/14_decide.ipynb #7a2f60c1
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .config import CLASSES, log
-from .data import DataError, csv_delimiter, decimal_comma, delimiter_hint
-from .metrics import bootstrap_ratio, label_metrics, lesion_draws, percentile_interval
+from .config import CLASSES
+from .context import (context_log_ratio, context_temperature, fit_context_weight, fuse_context, mel_floor_weight,
+                              paired_differences)
+from .metrics import bootstrap_ratio, label_metrics
 
 # %% auto #0
-__all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'CONTEXT_FIELDS', 'UNKNOWN_VALUES', 'SEXES', 'SITES', 'PAIRED_HEADER',
-           'mel_threshold', 'operating_point', 'conformal_quantile', 'prediction_sets', 'class_prior',
-           'prior_corrected', 'fit_prior_tau', 'age_band_names', 'context_values', 'check_context', 'context_given',
-           'read_context', 'context_for', 'fit_context', 'context_log_ratio', 'fuse_context', 'context_temperature',
-           'fit_context_weight', 'paired_differences', 'paired_rows', 'mel_floor_weight', 'Decision', 'decide',
-           'decision_for', 'describe', 'mel_flag_results', 'coverage_rows']
+__all__ = ['RELEASE_MODEL', 'RELEASE_ONNX', 'TAU_GRID', 'mel_threshold', 'operating_point', 'conformal_quantile',
+           'prediction_sets', 'class_prior', 'prior_corrected', 'fit_prior_tau', 'Decision', 'decide', 'decision_for',
+           'describe', 'mel_flag_results', 'coverage_rows']
 
 # %% ../nbs/14_decide.ipynb #87d3fbe8
 RELEASE_MODEL = "artifacts/release/model.pt"
@@ -109,249 +105,6 @@ def fit_prior_tau(probs, y, prior, max_f1_drop: float = 0.02, grid=TAU_GRID) -> 
     best = max((r for r in rows if r["macro_f1"] >= floor - 1e-12), key=lambda r: (r["balanced_accuracy"], -r["tau"]))
     return {"tau": best["tau"], "max_f1_drop": max_f1_drop, "macro_f1_floor": floor, "grid": rows}
 
-# %% ../nbs/14_decide.ipynb #6adfadfc
-CONTEXT_FIELDS = ("age", "sex", "localization")
-"The patient context HAM10000 records with every image: age in years, sex, body site (`localization`)."
-UNKNOWN_VALUES = ("", "unknown", "nan", "none")
-"Values that mean the field is not known (HAM10000 writes `unknown`; an empty cell is the same)."
-SEXES = ("male", "female")
-"The sexes HAM10000 records."
-SITES = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand", "lower extremity", "neck",
-         "scalp", "trunk", "upper extremity")
-"The body sites (`localization`) HAM10000 records."
-
-
-def age_band_names(edges) -> list[str]:
-    "The names of the age bands cut at `edges` (years, lower bound inclusive): '< 20', '20–29', …, '≥ 80'."
-    e = list(edges)
-    return [f"< {e[0]}"] + [f"{a}–{b - 1}" for a, b in zip(e, e[1:])] + [f"≥ {e[-1]}"]
-
-
-def context_values(table: pd.DataFrame, age_edges) -> pd.DataFrame:
-    "Each image's context as categories ('50–59', 'female', 'back'); None where unknown or not a column of `table`."
-    names, out = age_band_names(age_edges), {}
-    age = pd.to_numeric(table["age"], errors="coerce").to_numpy(float) if "age" in table else np.full(len(table), np.nan)
-    band = np.searchsorted(np.asarray(age_edges, float), np.nan_to_num(age), side="right")
-    out["age"] = [names[b] if a == a else None for a, b in zip(age, band)]
-    for f in ("sex", "localization"):
-        v = table[f].astype(str).str.strip().str.lower() if f in table else pd.Series([""] * len(table))
-        out[f] = [None if s in UNKNOWN_VALUES else s for s in v]
-    return pd.DataFrame({f: pd.Series(v, index=table.index, dtype=object) for f, v in out.items()})
-
-# %% ../nbs/14_decide.ipynb #4ff83f2e
-def _context_value(field: str, raw, at: str):
-    "One context value as the model reads it (None: not known), or a DataError naming `at`."
-    s = "" if raw is None or (isinstance(raw, float) and raw != raw) else str(raw).strip()
-    if s.lower() in UNKNOWN_VALUES:
-        return None
-    if field == "age":
-        try:
-            age = float(s)
-        except ValueError:
-            age = float("nan")
-        if not 0 <= age <= 120:  # NaN fails too
-            raise DataError(f"{at}: age {s!r} is not a number of years between 0 and 120 (leave it empty if unknown)")
-        return age
-    allowed = SEXES if field == "sex" else SITES
-    if s.lower() not in allowed:
-        raise DataError(f"{at}: {'sex' if field == 'sex' else 'site'} {s!r} is not one of {', '.join(allowed)} "
-                        "(or empty/unknown)")
-    return s.lower()
-
-
-def check_context(table: pd.DataFrame, where=lambda i: f"row {i + 1}") -> pd.DataFrame:
-    "The context columns (age, sex, localization; `site` too) read and checked; `where(i)` names row i in errors."
-    t = table.rename(columns={"site": "localization"})
-    cols = [f for f in CONTEXT_FIELDS if f in t]
-    rows = [{f: _context_value(f, r[f], where(i)) for f in cols} for i, r in enumerate(t[cols].to_dict("records"))]
-    col = lambda f, dtype: pd.Series([r.get(f) for r in rows], index=table.index, dtype=dtype)  # noqa: E731
-    return pd.DataFrame({"age": col("age", float), "sex": col("sex", object), "localization": col("localization", object)})
-
-
-def context_given(context: pd.DataFrame) -> list[dict | None]:
-    "Per row, the known context values ({'age': 65.0, 'sex': 'male', 'localization': 'back'}), None when none is."
-    rows = [{k: v for k, v in r.items() if v is not None and v == v} for r in context.to_dict("records")]
-    return [r or None for r in rows]
-
-# %% ../nbs/14_decide.ipynb #e0dca3e2
-def read_context(path: str | Path, files) -> pd.DataFrame:
-    "One checked context row per image file from a CSV keyed by `image_id` (the file's stem) or `file`."
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-        sep = csv_delimiter(text, path, ("image_id", "file", "age", "sex", "localization", "site"))
-        raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: metadata file not found") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: not a readable CSV ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    key = next((k for k in ("image_id", "file") if k in raw), None)
-    if key is None or not {"age", "sex", "localization", "site"} & set(raw):
-        raise DataError(f"{path}: needs a column image_id (or file) and any of age, sex, localization (site); "
-                        f"found {list(raw.columns)}{delimiter_hint(text, sep)}")
-    if sep != "," and "age" in raw:  # a European-locale spreadsheet's 45,5
-        raw["age"] = decimal_comma(raw["age"])
-    ids = raw[key].map(lambda s: Path(s.strip()).stem)
-    if ids.duplicated().any():
-        raise DataError(f"{path}: line {int(ids.duplicated().to_numpy().argmax()) + 2}: {key} "
-                        f"{ids[ids.duplicated()].iloc[0]!r} appears twice")
-    ctx = check_context(raw, lambda i: f"{path}: line {i + 2}").set_index(ids)
-    stems = [Path(f).stem for f in files]
-    missing, unused = [s for s in stems if s not in ctx.index], sorted(set(ctx.index) - set(stems))
-    if missing:
-        log.warning("%s: no row for %d of %d images (%s): their context is unknown", path, len(missing), len(stems),
-                    ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
-    if unused:
-        log.info("%s: %d row(s) name no image given (%s)", path, len(unused), ", ".join(unused[:5]))
-    return ctx.reindex(stems).reset_index(drop=True)
-
-
-def context_for(files, metadata: str | Path | None = None, age=None, sex=None, site=None) -> pd.DataFrame | None:
-    "The context of `files` from a metadata CSV or from one age/sex/site for all; None when nothing is given."
-    one = {k: v for k, v in (("age", age), ("sex", sex), ("localization", site)) if v is not None}
-    if metadata is not None and one:
-        raise DataError("give the context either as --metadata FILE or as --age/--sex/--site, not both")
-    if metadata is not None:
-        return read_context(metadata, files)
-    if not one:
-        return None
-    return check_context(pd.DataFrame([one] * len(files)), lambda i: "--" + "/--".join(
-        "site" if k == "localization" else k for k in one))
-
-# %% ../nbs/14_decide.ipynb #8f867fc6
-def fit_context(table: pd.DataFrame, labels, age_edges=(20, 30, 40, 50, 60, 70, 80), n_classes: int = len(CLASSES),
-                m: float = 10.0, min_images: int = 10) -> dict:
-    "Per field and value: log p(value | class) − log p(value) (m-estimate) and its training images; rare values skipped."
-    from scipy.special import logsumexp
-
-    vals, y = context_values(table, age_edges), np.asarray(labels)
-    log_prior = np.log(class_prior(y, n_classes))[None, :]
-    fields, counts = {}, {}
-    for f in CONTEXT_FIELDS:
-        known = vals[f].notna().to_numpy()
-        if not known.any():
-            continue
-        n = pd.crosstab(vals[f][known].to_numpy(), pd.Categorical(y[known], categories=range(n_classes)), dropna=False)
-        q = n.to_numpy(float).sum(1, keepdims=True) / known.sum()  # each value's share: the prior's centre
-        log_lik = np.log((n.to_numpy(float) + m * q) / (n.to_numpy(float).sum(0, keepdims=True) + m))
-        ratio = log_lik - logsumexp(log_lik + log_prior, axis=1, keepdims=True)  # p(value) = Σ_k p(value | k) π_k
-        counts[f] = {str(v): int(c) for v, c in zip(n.index, n.to_numpy().sum(1))}
-        fields[f] = {str(v): [round(float(r), 6) for r in ratio[j]] for j, v in enumerate(n.index)
-                     if counts[f][str(v)] >= min_images}
-    return {"age_edges": [int(a) for a in age_edges], "m": m, "min_images": min_images, "fields": fields,
-            "counts": counts}
-
-
-def context_log_ratio(context: dict, table: pd.DataFrame) -> np.ndarray:
-    "(N, classes): the summed log likelihood ratios of each image's known context values (0 where none is known)."
-    vals = context_values(table, context["age_edges"])
-    k = next((len(r) for seen in context["fields"].values() for r in seen.values()), len(CLASSES))
-    out = np.zeros((len(vals), k))
-    for f, ratios in context["fields"].items():
-        for i, v in enumerate(vals[f]):
-            if v in ratios:
-                out[i] += ratios[v]
-    return out
-
-# %% ../nbs/14_decide.ipynb #93760bfe
-def fuse_context(probs, log_ratio, weight: float, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities × exp(weight · log ratio), renormalized: the image's evidence combined with the context's;
-    `temperature` recalibrates the combination (softmax of its log / T)."""
-    z = (np.log(np.clip(np.asarray(probs, float), 1e-300, None)) + weight * np.asarray(log_ratio, float)) / temperature
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
-def context_temperature(probs, y, log_ratio, weight: float) -> float:
-    "The temperature minimizing the NLL of the combination at `weight` on these images (1 when the weight is 0)."
-    return fit_temperature(np.log(fuse_context(probs, log_ratio, weight)), y) if weight else 1.0
-
-
-def _best_weight(probs, y, log_ratio, bounds) -> float:
-    "The weight minimizing the NLL of `fuse_context` on these images."
-    from scipy.optimize import minimize_scalar
-
-    return float(minimize_scalar(lambda w: nll(fuse_context(probs, log_ratio, w), y), bounds=bounds,
-                                 method="bounded", options={"xatol": 1e-4}).x)
-
-
-def fit_context_weight(probs, y, log_ratio, groups=None, n_boot: int = 1000, seed: int = 0, folds: int = 5,
-                       bounds=(0.0, 2.0), level: float = 0.68) -> dict:
-    "The NLL-minimizing weight on validation, kept (`weight`) only if its held-out gain is a standard error above 0."
-    probs, y, log_ratio = np.asarray(probs, float), np.asarray(y), np.asarray(log_ratio, float)
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    codes = pd.factorize(groups)[0]
-    fold = np.random.default_rng(seed).permutation(codes.max() + 1)[codes] % folds  # whole lesions per fold
-    loglik = lambda q, rows: np.log(np.clip(q[np.arange(len(rows)), y[rows]], 1e-12, 1))  # noqa: E731  (as `nll`)
-    gain = np.zeros(len(y))
-    for f in range(folds):
-        out, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        w_f = _best_weight(probs[rest], y[rest], log_ratio[rest], bounds)
-        gain[out] = loglik(fuse_context(probs[out], log_ratio[out], w_f), out) - loglik(probs[out], out)
-    ci = bootstrap_ratio(gain, np.ones(len(y), bool), groups, n_boot, seed, alpha=1 - level)  # 68%: ± one SE
-    w = _best_weight(probs, y, log_ratio, bounds)
-    keep = ci["low"] is not None and ci["low"] > 0
-    return {"weight": w if keep else 0.0, "fitted": w, "heldout_gain": ci["value"], "gain_low": ci["low"],
-            "gain_high": ci["high"], "level": level, "folds": folds, "n_boot": n_boot}
-
-# %% ../nbs/14_decide.ipynb #98eae712
-def paired_differences(y, pred_a, pred_b, groups, n_boot: int = 1000, seed: int = 0, classes=CLASSES,
-                       alpha: float = 0.05) -> dict:
-    "Recall per class and balanced accuracy of predictions `pred_b` minus `pred_a` on the same images, lesion-paired CIs."
-    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y, pred_a, pred_b))
-    codes, counts = lesion_draws(groups, n_boot, seed)  # the same lesions drawn for both sides
-    G, K = counts.shape[1], len(classes)
-    n, hit_a, hit_b = (np.zeros((G, K)) for _ in range(3))
-    np.add.at(n, (codes, y), 1.0)
-    np.add.at(hit_a, (codes, y), (a == y).astype(float))
-    np.add.at(hit_b, (codes, y), (b == y).astype(float))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diff = (counts @ hit_b - counts @ hit_a) / (counts @ n)  # (n_boot, K): NaN where a draw has no image of a class
-        point = (hit_b.sum(0) - hit_a.sum(0)) / n.sum(0)
-
-    def interval(value, boot) -> dict:
-        lo, hi = percentile_interval(boot, alpha)
-        return {"value": None if not np.isfinite(value) else float(value), "low": lo, "high": hi}
-    present = n.sum(0) > 0
-    per_class = {c: {**interval(point[k], diff[:, k]), "n": int(n[:, k].sum())} for k, c in enumerate(classes)}
-    with np.errstate(invalid="ignore"):
-        bal = interval(point[present].mean(), np.nanmean(np.where(present, diff, np.nan), 1))
-    return {"classes": per_class, "balanced_accuracy": bal, "n_boot": n_boot, "level": 1 - alpha}
-
-
-PAIRED_HEADER = ["measure", "images", "with − without context [95% CI]"]
-"Columns of `paired_rows`."
-
-
-def paired_rows(paired: dict) -> list[list[str]]:
-    "`paired_differences` as table rows: recall per class and balanced accuracy, signed, with intervals."
-    def cell(d: dict) -> str:
-        if d.get("value") is None:
-            return "–"
-        return f"{d['value']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("low") is not None else "")
-    return ([[f"{c} recall", str(v["n"]), cell(v)] for c, v in paired["classes"].items()]
-            + [["balanced accuracy", "", cell(paired["balanced_accuracy"])]])
-
-
-def mel_floor_weight(probs, y, log_ratio, weight: float, predict, max_drop: float = 0.0,
-                     mel: int = CLASSES.index("mel"), recalibrate: bool = True) -> dict:
-    """The largest of `weight` × (1, 0.9, …, 0) whose decisions keep the validation melanoma recall within `max_drop`
-    of the image alone's; `predict(probs)` → predicted classes (the prior correction fitted on those probabilities);
-    each weight's combination recalibrated by its own `context_temperature` when `recalibrate`."""
-    y, is_mel = np.asarray(y), np.asarray(y) == mel
-    recall = lambda q: float((predict(q)[is_mel] == mel).mean()) if is_mel.any() else None  # noqa: E731
-    image = recall(probs)
-    tried = []
-    for f in np.round(np.arange(10, -1, -1) / 10, 1):
-        w = float(weight * f)
-        t = context_temperature(probs, y, log_ratio, w) if recalibrate else 1.0
-        r = recall(fuse_context(probs, log_ratio, w, t))
-        tried.append({"weight": w, "mel_recall": r})
-        if image is None or r >= image - max_drop - 1e-12:
-            break
-    return {"weight": w, "fitted": float(weight), "max_drop": max_drop, "image_mel_recall": image,
-            "mel_recall": r, "lowered": w < weight, "tried": tried}
-
 # %% ../nbs/14_decide.ipynb #5c21a27e
 @dataclass
 class Decision:
@@ -418,7 +171,8 @@ def decide(val_logits, y_val, views: int = 1, calibrate: bool = True, mel_sensit
                 return prior_corrected(q, prior, t)
             floor = mel_floor_weight(p, y_val, ratio, w, predict, max_mel_drop, mel, recalibrate=calibrate)
             w = floor["weight"]
-        t = context_temperature(p, y_val, ratio, w) if calibrate else 1.0  # the combination recalibrated
+        # the combination recalibrated (the floor fitted it for its weight already)
+        t = floor["temperature"] if floor is not None else context_temperature(p, y_val, ratio, w) if calibrate else 1.0
         if floor is not None:
             paired = paired_differences(y_val, predict(p), predict(fuse_context(p, ratio, w, t)),
                                         np.arange(len(y_val)) if groups is None else groups, n_boot, seed)

@@ -21,8 +21,8 @@ from .runtime import write_json
 from .data import IMAGE_SUFFIXES, DataError, _skip_name, decode_for_model, scan_dataset
 from .display import prob_text, views_text
 from .metrics import HEADLINE, classification_metrics
-from .decide import (CONTEXT_FIELDS, RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, context_for,
-                             context_given, decision_for, describe)
+from .context import CONTEXT_FIELDS, context_for, context_given
+from .decide import RELEASE_MODEL, RELEASE_ONNX, Decision, calibrated_probs, decision_for, describe
 from .model import ModelFileError, load_model
 
 # %% auto #0

@@ -20,7 +20,8 @@ import pandas as pd
 
 from .config import CLASS_NAMES, log
 from .data import DataError, decode_for_model
-from .decide import RELEASE_MODEL, RELEASE_ONNX, SITES, check_context, context_given, describe
+from .context import SITES, check_context, context_given
+from .decide import RELEASE_MODEL, RELEASE_ONNX, describe
 from .display import prob_text, views_text
 from .export import NOTICE, SYNTHETIC_WARNING, Predictor, model_line
 from .release import check_servable

@@ -1,13 +1,14 @@
-"""Decisions fitted on validation (derma_nb.decide): the properties they promise, checked over many random draws."""
+"""Decisions fitted on validation (derma_nb.decide, the patient context from derma_nb.context): the properties they
+promise, checked over many random draws."""
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import SHARED_DATA
 
 from derma_nb.config import CLASSES
-from derma_nb.decide import (Decision, calibrated_probs, class_prior, conformal_quantile, context_log_ratio, decide,
-                             describe, fit_context, fit_prior_tau, fit_temperature, mel_threshold, nll, prediction_sets,
-                             prior_corrected)
+from derma_nb.context import context_log_ratio, context_temperature, fit_context
+from derma_nb.decide import (Decision, calibrated_probs, class_prior, conformal_quantile, decide, describe, fit_prior_tau,
+                             fit_temperature, mel_threshold, nll, prediction_sets, prior_corrected)
 from derma_nb.metrics import label_metrics
 
 K, MEL = len(CLASSES), CLASSES.index("mel")
@@ -166,6 +167,20 @@ def test_an_informative_context_is_kept_and_helps_on_held_out_images():
         assert d.uses_context and 0 < d.context["weight"] <= 2
         held, t = z[2250:], table[2250:]
         assert nll(d.probs(held, t), y[2250:]) < nll(d.probs(held), y[2250:])
+
+
+def test_the_combination_temperature_is_fitted_once_and_is_the_weight_s_own():
+    "With the melanoma floor, decide stores the temperature the floor fitted for its weight: context_temperature's."
+    y, z, table = context_draw(3000, 0)
+    ctx, v = fit_context(table[:1500], y[:1500]), slice(1500, 2250)
+    ratio = context_log_ratio(ctx, table[v])
+    for drop in (None, 0.0, 1.0):  # no floor, a floor that may lower the weight, one that never does
+        d = decide(z[v][None], y[v], context=ctx, table=table[v], groups=np.arange(750), max_mel_drop=drop)
+        assert d.uses_context
+        probs = calibrated_probs(z[v][None], d.temperature)
+        assert d.context["temperature"] == context_temperature(probs, y[v], ratio, d.context["weight"])
+        if drop is not None:
+            assert d.context["fit"]["mel_floor"]["temperature"] == d.context["temperature"]
 
 
 def test_context_ratios_are_likelihood_ratios_and_unknowns_add_nothing():

@@ -26,7 +26,8 @@ KEYS = ("balanced_accuracy", "macro_f1", "mel_recall", "macro_auc")
 
 def gains(logits_file: str | Path, prep, params) -> list[dict]:
     "Test metrics of the image-only and the patient-context decisions fitted on one file's validation logits."
-    from derma_nb.decide import class_prior, decide, fit_context
+    from derma_nb.context import fit_context
+    from derma_nb.decide import class_prior, decide
     from derma_nb.metrics import classification_metrics
 
     d, dp = np.load(logits_file), params.decide
