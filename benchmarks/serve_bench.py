@@ -105,7 +105,7 @@ def load(port: int, body: bytes, ctype: str, clients: int, n: int) -> dict:
 
 def model_alone(model: str, views: int | None, image: Path, repeat: int = 200) -> dict:
     "The same model in this process: decode + `Predictor.predict_arrays` of one image, and the ONNX call alone."
-    from derma_nb.export import Predictor
+    from derma_nb.predict import Predictor
 
     pred = Predictor(model, views=views)
     data = image.read_bytes()

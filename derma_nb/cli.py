@@ -151,7 +151,7 @@ def cmd_export(args) -> int:
          ("--allow-rejected", {"action": "store_true", "help": "use a model the gates rejected"}))
 def cmd_predict(args) -> int:
     "Print decision support for images (the notice first); each unreadable file is an error line, and exit code 1."
-    from derma_nb.export import predict_images
+    from derma_nb.predict import predict_images
     from derma_nb.release import check_servable, model_release_status
 
     check_servable(model_release_status(args.model), args.allow_rejected) if Path(args.model).exists() else None

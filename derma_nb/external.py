@@ -18,8 +18,8 @@ from .card import _table, markdown_page
 from .config import CLASSES, log
 from .decide import RELEASE_MODEL, calibrated_probs, coverage_rows, mel_flag_results, nll
 from .display import ci_text, subgroup_display
-from .export import Predictor
 from .metrics import HEADLINE, bootstrap_ci, classification_metrics, expected_calibration_error, subgroup_table
+from .predict import Predictor
 from .runtime import sha256_file, write_json
 
 # %% auto #0

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .config import log
-from .export import Predictor, read_sidecar, sidecar_path
+from .export import read_sidecar, sidecar_path
 from .metrics import bootstrap_ci
+from .predict import Predictor
 from .runtime import sha256_file
 
 # %% auto #0

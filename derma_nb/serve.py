@@ -23,7 +23,7 @@ from .data import DataError, decode_for_model
 from .context import SITES, check_context, context_given
 from .decide import RELEASE_MODEL, RELEASE_ONNX, describe
 from .display import prob_text, views_text
-from .export import NOTICE, SYNTHETIC_WARNING, Predictor, model_line
+from .predict import NOTICE, SYNTHETIC_WARNING, Predictor, model_line
 from .release import check_servable
 from .runtime import sha256_file
 

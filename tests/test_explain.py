@@ -139,6 +139,6 @@ def test_gallery_returns_figure(model, images):
 
 def test_module_imports_without_optional_dependencies():
     code = ("import sys\nfor m in ('pytorch_grad_cam', 'matplotlib', 'cv2', 'onnx', 'onnxruntime'): sys.modules[m] = None\n"
-            "import derma_nb.explain, derma_nb.export")
+            "import derma_nb.explain, derma_nb.export, derma_nb.predict")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

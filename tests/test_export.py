@@ -11,9 +11,8 @@ from derma_nb.config import CLASSES
 from derma_nb.cache import prepare_dataset, unit_batch
 from derma_nb.data import DataError
 from derma_nb.sample import make_synthetic_sample
-from derma_nb.export import (NOTICE, SYNTHETIC_WARNING, Predictor, _ort_session, export_checkpoint, export_onnx,
-                             onnx_parity, predict_main,
-                             read_sidecar, sidecar_path)
+from derma_nb.export import _ort_session, export_checkpoint, export_onnx, onnx_parity, read_sidecar, sidecar_path
+from derma_nb.predict import NOTICE, SYNTHETIC_WARNING, Predictor, predict_main
 from derma_nb.model import ModelFileError, build_model, save_model
 
 PROBS = [f"prob_{c}" for c in CLASSES]

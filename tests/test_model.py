@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from derma_nb.export import Predictor, export_checkpoint
+from derma_nb.export import export_checkpoint
 from derma_nb.model import (LITE_WHEELS, Classifier, build_model, load_lite_weights, load_model, save_model,
                             set_trainable, split_frozen, stages, train_mode, trainable_prefixes)
+from derma_nb.predict import Predictor
 
 
 @pytest.fixture(autouse=True)

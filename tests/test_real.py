@@ -64,7 +64,7 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     assert 0 <= test["accuracy"] <= 1 and test["ci"]["accuracy"]["low"] <= test["accuracy"]
     assert "HAM10000" in (repo / "reports/index.html").read_text()
 
-    from derma_nb.export import predict_parity
+    from derma_nb.predict import predict_parity
     from derma_nb.report import write_results
 
     parity = predict_parity(repo)
