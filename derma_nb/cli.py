@@ -92,10 +92,10 @@ def cmd_fetch(args) -> int:
 
     from derma_nb.fetch import ISIC2018_FILES, fetch_dataset
 
-    f = params(args).data.fetch
+    p = params(args)  # parsed and checked once
+    f = p.data.fetch
     files = [{k: v for k, v in asdict(x).items() if v not in (None, "")} for x in f.files] or ISIC2018_FILES
-    fetch_dataset(files, Path(args.dest or params(args).data.dir), layout=f.layout, retries=f.retries,
-                  timeout=f.timeout)
+    fetch_dataset(files, Path(args.dest or p.data.dir), layout=f.layout, retries=f.retries, timeout=f.timeout)
     return 0
 
 # %% ../nbs/23_cli.ipynb #e4bfe7c4

@@ -42,11 +42,8 @@ _FLOAT_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 def _as_float(v):
     "Every YAML spelling of a number as a float (`1e-5` arrives as a string); anything else is left to fail."
-    if isinstance(v, str) and _FLOAT_TEXT.fullmatch(v):
-        return float(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
-    return v
+    number = isinstance(v, str) and _FLOAT_TEXT.fullmatch(v) or isinstance(v, int) and not isinstance(v, bool)
+    return float(v) if number else v
 
 
 Float = Annotated[float, Strict(), BeforeValidator(_as_float)]
