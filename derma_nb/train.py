@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,20 +20,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import BatchAugment, PreparedData, cache_loader, epoch_sampler, load_prepared, prefetched
+from .checkpoint import FitState, WeightEMA, ema_weights, resume_state, run_key, save_checkpoint, trained_names
 from .config import CLASSES, Params, PhaseParams, TrainParams, log
 from .inference import (FrozenCache, amp_dtype, example_batch, forward_rows, frozen_engine, on_engine,
                                  over_views, stored_frozen_cache)
 from .runtime import write_json
 from .distributed import ShardedSampler, all_sum, broadcast, broadcast_module, barrier, ranks, wrap
 from .metrics import label_metrics
-from .model import (Classifier, build_model, param_groups, save_model, split_frozen, train_mode,
-                             trainable_prefixes)
+from .model import Classifier, build_model, param_groups, save_model, split_frozen, train_mode
 
 # %% auto #0
-__all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'WeightEMA',
-           'trained_names', 'ema_weights', 'FitState', 'run_key', 'save_checkpoint', 'load_checkpoint', 'Fit',
-           'phase_inputs', 'TopHead', 'phase_net', 'uses_prefetch', 'eta_text', 'fit_phase', 'FitResult',
-           'uses_channels_last', 'shared_cache', 'two_phase_fit', 'train_summary', 'train_timings', 'train_model']
+__all__ = ['TIMING_COLUMNS', 'class_weights', 'epoch_seed', 'lr_schedule', 'train_step', 'run_epoch', 'Fit', 'phase_inputs',
+           'TopHead', 'phase_net', 'uses_prefetch', 'eta_text', 'fit_phase', 'FitResult', 'uses_channels_last',
+           'shared_cache', 'two_phase_fit', 'train_summary', 'train_timings', 'train_model']
 
 # %% ../nbs/13_train.ipynb #264fabf4
 def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> torch.Tensor:
@@ -94,92 +91,6 @@ def run_epoch(net: nn.Module, batches, to_input: Callable, opt, sched, loss_fn, 
     secs = time.perf_counter() - t0
     return {"loss": tot / max(n, 1), "accuracy": correct / max(n, 1), "images": int(n),
             "images_per_s": round(n / secs, 1) if secs > 0 else None}
-
-# %% ../nbs/13_train.ipynb #77edba83
-class WeightEMA:
-    "Exponential moving average of a model's tensors named `names` (the ones that train), in float32."
-
-    def __init__(self, model: nn.Module, decay: float, names):
-        self.decay, sd = decay, model.state_dict()
-        self.shadow = {k: sd[k].detach().float().clone() for k in names}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        sd = model.state_dict()
-        for k, v in self.shadow.items():
-            v.lerp_(sd[k].float(), 1.0 - self.decay)
-
-
-def trained_names(model: Classifier, unfreeze) -> list[str]:
-    "The state-dict entries that train when the last `unfreeze` stages and the head do (batch-norm counters aside)."
-    pre = trainable_prefixes(model, unfreeze)
-    return [k for k, v in model.state_dict().items() if k.startswith(pre) and v.is_floating_point()]
-
-
-@contextmanager
-def ema_weights(model: nn.Module, ema: WeightEMA | None):
-    "Inside the block the model holds the averaged weights; after it, its own again (no-op without an average)."
-    if ema is None:
-        yield model
-        return
-    sd = model.state_dict()
-    own = {k: sd[k].detach().clone() for k in ema.shadow}
-    with torch.no_grad():
-        for k, v in ema.shadow.items():
-            sd[k].copy_(v)
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for k, v in own.items():
-                sd[k].copy_(v)
-
-# %% ../nbs/13_train.ipynb #e3b9b79c
-@dataclass
-class FitState:
-    "Where a run is: phase in progress (0, 1), epochs done in it, epochs without improvement, best, history, timings."
-    phase: int = 0
-    epoch: int = 0
-    stale: int = 0
-    best: dict = field(default_factory=lambda: {"value": -math.inf})
-    history: list = field(default_factory=list)
-    timings: dict = field(default_factory=lambda: {"phase1_seconds": 0.0, "phase2_seconds": 0.0,
-                                                   "features_seconds": 0.0, "phase1_images_per_s": None,
-                                                   "phase2_images_per_s": None})
-    complete: bool = False
-
-
-def run_key(cfg: TrainParams, seed: int, prep: PreparedData, model: nn.Module, fused_optimizer: bool = False) -> str:
-    "Identity of a training run: settings + seed + dataset + initial weights; a checkpoint resumes only the same run."
-    fused = {"fused_optimizer": True} if fused_optimizer else {}
-    h = hashlib.sha256(json.dumps({**asdict(cfg), "seed": seed, **fused}, sort_keys=True, default=str).encode())
-    h.update(str(prep.manifest.get("dataset_sha256")).encode() + str(prep.manifest.get("image_size")).encode())
-    h.update(model.arch.encode())
-    for v in list(model.state_dict().values())[:3]:
-        h.update(v.cpu().numpy().tobytes()[:4096])
-    return h.hexdigest()[:16]
-
-# %% ../nbs/13_train.ipynb #736644f3
-def save_checkpoint(path: Path, key: str, model: nn.Module, state: FitState, opt=None, sched=None, ema=None):
-    "Write the full training state to `path` atomically."
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"run_key": key, "model": model.state_dict(), "state": asdict(state),
-                "optimizer": opt.state_dict() if opt is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                **({"ema": ema.shadow} if ema is not None else {})}, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: Path, key: str) -> dict | None:
-    "The checkpoint at `path` when it exists and belongs to run `key` (else None, with the reason logged)."
-    if not path.exists():
-        return None
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if ck.get("run_key") != key:
-        log.info("%s is from a different run (settings, data or weights changed): starting fresh", path)
-        return None
-    ck["state"] = FitState(**ck["state"])
-    return ck
 
 # %% ../nbs/13_train.ipynb #42f64065
 @dataclass
@@ -415,18 +326,6 @@ class FitResult:
     cache: FrozenCache | None = field(default=None, repr=False)  # the frozen trunk's output, for the next member
     ensemble: dict | None = None  # K > 1: each member's best epoch and the validation score of every first k
 
-
-def _resume(fit: Fit, resume: bool) -> tuple[FitState, dict | None]:
-    "The saved state of this run (rank 0 reads it, every rank gets it), or a fresh one."
-    ck = load_checkpoint(fit.last, fit.key) if resume and ranks().main else None
-    if ck is not None:
-        fit.model.load_state_dict(ck["model"])
-        log.info("resuming from %s: phase %d, %d epochs done%s", fit.last, ck["state"].phase + 1, ck["state"].epoch,
-                 " (finished)" if ck["state"].complete else "")
-    state = FitState(**broadcast(asdict(ck["state"]) if ck else asdict(FitState())))
-    broadcast_module(fit.model)
-    return state, ck
-
 # %% ../nbs/13_train.ipynb #ff92e5d5
 def uses_channels_last(cfg: TrainParams, device: torch.device) -> bool:
     "Whether training runs channels_last (`train.channels_last`; auto: on CUDA and CPU)."
@@ -462,7 +361,7 @@ def two_phase_fit(model: nn.Module, prep: PreparedData, cfg: TrainParams, out_di
     fit = Fit(model, prep, cfg, seed, device, ck_dir, channels_last=cl, progress=progress, on_epoch=on_epoch,
               fused_optimizer=fused_optimizer, engine=engine)
     fit.key = run_key(cfg, seed, prep, model, fused_optimizer)
-    state, ck = _resume(fit, resume)
+    state, ck = resume_state(fit.last, fit.key, model, resume)
     p2 = cfg.phase2
     if p2.cache_views and p2.epochs and not state.complete:  # the frozen trunk, run once for both phases
         shared = cache is not None
