@@ -265,7 +265,7 @@ def cmd_report(args) -> int:
          ("--rev", {"action": "append", "help": "with --experiments: the commit(s) the experiments started from"}))
 def cmd_results(args) -> int:
     "Write results/<name>.{md,json}, its block of results/README.md and the README's headline (or the experiments)."
-    from derma_nb.report import write_experiments, write_results
+    from derma_nb.results import write_experiments, write_results
 
     out = write_experiments(args.run_dir, base=args.base, name=args.name or "experiments", rev=args.rev) \
         if args.experiments else write_results(args.run_dir, args.name or "real")

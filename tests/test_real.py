@@ -65,7 +65,7 @@ def test_real_profile_on_a_slice_end_to_end(tmp_path):
     assert "HAM10000" in (repo / "reports/index.html").read_text()
 
     from derma_nb.predict import predict_parity
-    from derma_nb.report import write_results
+    from derma_nb.results import write_results
 
     parity = predict_parity(repo)
     assert parity["max_abs_prob_diff"] < 1e-5 and parity["same_predictions"] and parity["metrics_equal"], parity

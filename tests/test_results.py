@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from derma_nb.report import (collect_experiments, experiments_table, headline_results, write_experiments,
-                              write_results)
+from derma_nb.results import (collect_experiments, experiments_table, headline_results, write_experiments,
+                               write_results)
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed")
