@@ -155,7 +155,6 @@ def cmd_predict(args) -> int:
     from derma_nb.release import check_servable, model_release_status
 
     check_servable(model_release_status(args.model), args.allow_rejected) if Path(args.model).exists() else None
-
     text, failed = predict_images(args.images, args.model, fmt=args.format, views=args.views, metadata=args.metadata,
                                   age=args.age, sex=args.sex, site=args.site)
     print(text)
